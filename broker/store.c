@@ -1,0 +1,1218 @@
+/*  store.c -- the broker's durable state in LMDB. See store.h for the
+    contract and docs/storage.md for the layout.
+
+    Why it looks like this:
+
+    * One write transaction per broker loop turn. The broker calls begin,
+      applies everything that arrived, and commits once; with sync on, that
+      one commit is the fsync that makes every SUBMIT of the turn durable
+      before any ACCEPTED goes out.
+    * Jobs are written once at submit and rewritten only when their state
+      changes on disk (retry, delay). A dispatch writes the small lease
+      record, not the job: the lease token comes from a global counter
+      (meta next_lease) so a report from an older lease, even one from
+      before a restart, can never match a newer one.
+    * All keys are big-endian so LMDB's memcmp order is numeric order: the
+      ready index is ordered by route, then virtual deadline
+      (enqueue time + priority offset), then id. A low-priority job's key
+      never changes, so once enough time has passed it is ahead of any new
+      urgent job: nothing starves.
+    * Per-route depth counters live in memory, rebuilt at open. If a commit
+      ever fails, the broker exits and rebuilds everything from disk on
+      restart (crash-only), so these counters never drift from the truth.
+*/
+#include "store.h"
+#include "log.h"
+
+#include <errno.h>
+#include <lmdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define S_MAX_ROUTES 4096
+
+typedef struct {
+    char *name;
+    llmq_route_stats_t stats;
+} s_route_t;
+
+struct llmq_store {
+    MDB_env *env;
+    MDB_txn *txn;                   /* the turn's write transaction, or NULL */
+    MDB_dbi meta, routes, jobs, ready, delayed, deadlines, leases, results, expiry, idem,
+            batches, batchjobs;
+    llmq_store_opts_t opts;
+    uint64_t next_id;               /* next job id */
+    uint64_t next_lease;            /* next lease token */
+    bool counters_dirty;            /* next_id/next_lease changed this turn */
+    bool full;                      /* at max map size and nearly full: refuse submits */
+    uint64_t map_size;
+    s_route_t *routes_v;            /* index = route number - 1 */
+    size_t nroutes;
+    llmq_route_stats_t *stats_v;    /* view for llmq_store_routes */
+    llmq_buf_t buf;                 /* scratch for encoding records */
+};
+
+/* ------------------------------------------------------------------------
+   Keys
+   ------------------------------------------------------------------------ */
+
+static inline void
+s_put64 (unsigned char *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char) v;
+        v >>= 8;
+    }
+}
+
+static inline uint64_t
+s_get64 (const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+static inline void
+s_put32 (unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char) (v >> 24);
+    p[1] = (unsigned char) (v >> 16);
+    p[2] = (unsigned char) (v >> 8);
+    p[3] = (unsigned char) v;
+}
+
+static inline uint32_t
+s_get32 (const unsigned char *p)
+{
+    return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) | ((uint32_t) p[2] << 8) | p[3];
+}
+
+/*  Keys of the ready index: route(4) vdeadline(8) id(8). */
+typedef struct { unsigned char b[20]; } s_ready_key_t;
+/*  Keys of time-ordered indexes: time(8) id(8). */
+typedef struct { unsigned char b[16]; } s_time_key_t;
+typedef struct { unsigned char b[8]; } s_id_key_t;
+
+static MDB_val
+s_ready_key (s_ready_key_t *k, uint32_t route, uint64_t vdl, uint64_t id)
+{
+    s_put32 (k->b, route);
+    s_put64 (k->b + 4, vdl);
+    s_put64 (k->b + 12, id);
+    return (MDB_val) { sizeof k->b, k->b };
+}
+
+static MDB_val
+s_time_key (s_time_key_t *k, uint64_t t, uint64_t id)
+{
+    s_put64 (k->b, t);
+    s_put64 (k->b + 8, id);
+    return (MDB_val) { sizeof k->b, k->b };
+}
+
+static MDB_val
+s_id_key (s_id_key_t *k, uint64_t id)
+{
+    s_put64 (k->b, id);
+    return (MDB_val) { sizeof k->b, k->b };
+}
+
+static MDB_val
+s_str_val (const char *s)
+{
+    return (MDB_val) { strlen (s), (void *) s };
+}
+
+static MDB_val s_empty = { 0, (void *) "" };
+
+/*  LMDB errors that mean "no space": the caller refuses the submit. */
+static int
+s_err (int rc)
+{
+    if (rc == MDB_MAP_FULL) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    if (rc == MDB_NOTFOUND) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    if (rc) {
+        llmq_error ("store: %s", mdb_strerror (rc));
+        return LLMQ_ERR_STORE;
+    }
+    return 0;
+}
+
+#define TRY(expr) do { int rc_ = (expr); if (rc_) { return s_err (rc_); } } while (0)
+
+/* ------------------------------------------------------------------------
+   Routes
+   ------------------------------------------------------------------------ */
+
+static s_route_t *
+s_route_by_name (llmq_store_t *self, const char *name)
+{
+    for (size_t i = 0; i < self->nroutes; i++) {
+        if (strcmp (self->routes_v[i].name, name) == 0) {
+            return &self->routes_v[i];
+        }
+    }
+    return NULL;
+}
+
+static s_route_t *
+s_route_add (llmq_store_t *self, const char *name, uint32_t number)
+{
+    if (number == 0 || number > S_MAX_ROUTES) {
+        return NULL;
+    }
+    if (number > self->nroutes) {
+        s_route_t *v = (s_route_t *) realloc (self->routes_v, number * sizeof *v);
+        llmq_route_stats_t *sv = (llmq_route_stats_t *) realloc (self->stats_v, number * sizeof *sv);
+        if (!v || !sv) {
+            free (v ? v : self->routes_v);
+            self->routes_v = NULL;
+            self->stats_v = sv;
+            return NULL;
+        }
+        memset (v + self->nroutes, 0, (number - self->nroutes) * sizeof *v);
+        self->routes_v = v;
+        self->stats_v = sv;
+        self->nroutes = number;
+    }
+    s_route_t *r = &self->routes_v[number - 1];
+    free (r->name);
+    r->name = strdup (name);
+    r->stats.name = r->name;
+    r->stats.number = number;
+    return r->name ? r : NULL;
+}
+
+int
+llmq_store_route (llmq_store_t *self, const char *name, uint32_t *number)
+{
+    s_route_t *r = s_route_by_name (self, name);
+    if (!r) {
+        uint32_t n = (uint32_t) self->nroutes + 1;
+        unsigned char nb[4];
+        s_put32 (nb, n);
+        MDB_val k = s_str_val (name), v = { 4, nb };
+        TRY (mdb_put (self->txn, self->routes, &k, &v, MDB_NOOVERWRITE));
+        r = s_route_add (self, name, n);
+        if (!r) {
+            return LLMQ_ERR_NOMEM;
+        }
+    }
+    *number = r->stats.number;
+    return 0;
+}
+
+size_t
+llmq_store_routes (llmq_store_t *self, const llmq_route_stats_t **routes)
+{
+    for (size_t i = 0; i < self->nroutes; i++) {
+        self->stats_v[i] = self->routes_v[i].stats;
+    }
+    *routes = self->stats_v;
+    return self->nroutes;
+}
+
+static llmq_route_stats_t *
+s_stats (llmq_store_t *self, const char *model)
+{
+    s_route_t *r = model ? s_route_by_name (self, model) : NULL;
+    return r ? &r->stats : NULL;
+}
+
+/* ------------------------------------------------------------------------
+   Open, close, transactions, space
+   ------------------------------------------------------------------------ */
+
+static int
+s_meta_get64 (llmq_store_t *self, MDB_txn *txn, const char *key, uint64_t *v)
+{
+    MDB_val k = s_str_val (key), d;
+    int rc = mdb_get (txn, self->meta, &k, &d);
+    if (rc == 0 && d.mv_size == 8) {
+        *v = s_get64 ((const unsigned char *) d.mv_data);
+    }
+    return rc;
+}
+
+static int
+s_meta_put64 (llmq_store_t *self, const char *key, uint64_t v)
+{
+    unsigned char b[8];
+    s_put64 (b, v);
+    MDB_val k = s_str_val (key), d = { 8, b };
+    return mdb_put (self->txn, self->meta, &k, &d, 0);
+}
+
+/*  Brings the in-memory view back from disk and returns jobs that were
+    running when the broker stopped to the ready index. */
+static int
+s_recover (llmq_store_t *self, uint64_t now, char *err, size_t errlen)
+{
+    MDB_txn *txn = self->txn;
+    /* Format version: refuse what we do not understand. */
+    MDB_val k = s_str_val ("format"), d;
+    int rc = mdb_get (txn, self->meta, &k, &d);
+    if (rc == MDB_NOTFOUND) {
+        unsigned char b[4];
+        s_put32 (b, LLMQ_STORE_FORMAT);
+        d = (MDB_val) { 4, b };
+        if ((rc = mdb_put (txn, self->meta, &k, &d, 0))) {
+            return rc;
+        }
+    }
+    else if (rc) {
+        return rc;
+    }
+    else if (d.mv_size != 4 || s_get32 ((const unsigned char *) d.mv_data) != LLMQ_STORE_FORMAT) {
+        snprintf (err, errlen, "store format %u is not supported by this broker (it reads format %d); "
+                  "see docs/storage.md", d.mv_size == 4 ? s_get32 ((const unsigned char *) d.mv_data) : 0,
+                  LLMQ_STORE_FORMAT);
+        return -1;
+    }
+    self->next_id = 1;
+    self->next_lease = 1;
+    s_meta_get64 (self, txn, "next_id", &self->next_id);
+    s_meta_get64 (self, txn, "next_lease", &self->next_lease);
+
+    MDB_cursor *c;
+    if ((rc = mdb_cursor_open (txn, self->routes, &c))) {
+        return rc;
+    }
+    MDB_val key, val;
+    for (rc = mdb_cursor_get (c, &key, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get (c, &key, &val, MDB_NEXT)) {
+        char name[512];
+        size_t len = key.mv_size < sizeof name - 1 ? key.mv_size : sizeof name - 1;
+        memcpy (name, key.mv_data, len);
+        name[len] = 0;
+        if (val.mv_size != 4 || !s_route_add (self, name, s_get32 ((const unsigned char *) val.mv_data))) {
+            mdb_cursor_close (c);
+            snprintf (err, errlen, "store: corrupt route record '%s'", name);
+            return -1;
+        }
+    }
+    mdb_cursor_close (c);
+
+    /* Leases of the previous run: the jobs go back to ready, uncounted. */
+    if ((rc = mdb_cursor_open (txn, self->leases, &c))) {
+        return rc;
+    }
+    size_t requeued = 0;
+    llmq_arena_t *arena = llmq_arena_new ();
+    while ((rc = mdb_cursor_get (c, &key, &val, MDB_FIRST)) == 0) {
+        uint64_t id = s_get64 ((const unsigned char *) key.mv_data);
+        if ((rc = mdb_cursor_del (c, 0))) {
+            break;
+        }
+        s_id_key_t ik;
+        MDB_val jk = s_id_key (&ik, id), jv;
+        if ((rc = mdb_get (txn, self->jobs, &jk, &jv)) == 0) {
+            llmq_job_t job;
+            if (llmq_job_decode (jv.mv_data, jv.mv_size, &job, arena) == 0) {
+                s_route_t *r = s_route_by_name (self, job.model ? job.model : "");
+                s_ready_key_t rk;
+                MDB_val rkv = s_ready_key (&rk, r ? r->stats.number : 0, job.vdeadline_us, id);
+                if ((rc = mdb_put (txn, self->ready, &rkv, &s_empty, 0))) {
+                    break;
+                }
+                if (job.deadline_us) {
+                    s_time_key_t dk;
+                    MDB_val dkv = s_time_key (&dk, job.deadline_us, id);
+                    mdb_put (txn, self->deadlines, &dkv, &s_empty, 0);
+                }
+                requeued++;
+            }
+        }
+        llmq_arena_reset (arena);
+        rc = 0;
+    }
+    mdb_cursor_close (c);
+    if (rc && rc != MDB_NOTFOUND) {
+        llmq_arena_destroy (&arena);
+        return rc;
+    }
+    if (requeued) {
+        llmq_info ("store: %zu job(s) running at the last stop are back in the queue", requeued);
+    }
+
+    /* Depth counters, from the job records. */
+    if ((rc = mdb_cursor_open (txn, self->jobs, &c))) {
+        llmq_arena_destroy (&arena);
+        return rc;
+    }
+    size_t live = 0;
+    for (rc = mdb_cursor_get (c, &key, &val, MDB_FIRST); rc == 0; rc = mdb_cursor_get (c, &key, &val, MDB_NEXT)) {
+        llmq_job_t job;
+        if (llmq_job_decode (val.mv_data, val.mv_size, &job, arena) == 0) {
+            llmq_route_stats_t *st = s_stats (self, job.model);
+            if (st) {
+                if (job.state == LLMQ_STATE_DELAYED) {
+                    st->delayed++;
+                }
+                else {
+                    st->ready[job.priority < LLMQ_NPRIO ? job.priority : LLMQ_NPRIO - 1]++;
+                }
+            }
+            live++;
+        }
+        llmq_arena_reset (arena);
+    }
+    mdb_cursor_close (c);
+    llmq_arena_destroy (&arena);
+    (void) now;
+    llmq_info ("store: %zu live job(s), next id %llu", live, (unsigned long long) self->next_id);
+    return 0;
+}
+
+llmq_store_t *
+llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, char *err, size_t errlen)
+{
+    llmq_store_t *self = (llmq_store_t *) calloc (1, sizeof *self);
+    if (!self) {
+        snprintf (err, errlen, "out of memory");
+        return NULL;
+    }
+    self->opts = *opts;
+    if (self->opts.max_map_size < self->opts.map_size) {
+        self->opts.max_map_size = self->opts.map_size;
+    }
+    llmq_buf_init (&self->buf);
+    if (mkdir (dir, 0750) != 0 && errno != EEXIST) {
+        snprintf (err, errlen, "%s: cannot create data directory: %s", dir, strerror (errno));
+        free (self);
+        return NULL;
+    }
+    int rc = mdb_env_create (&self->env);
+    if (rc == 0) {
+        mdb_env_set_maxdbs (self->env, 16);
+        rc = mdb_env_set_mapsize (self->env, (size_t) opts->map_size);
+    }
+    if (rc == 0) {
+        unsigned flags = MDB_NOTLS | MDB_NORDAHEAD | (opts->sync ? 0 : MDB_NOSYNC);
+        rc = mdb_env_open (self->env, dir, flags, 0640);
+    }
+    if (rc) {
+        snprintf (err, errlen, "%s: cannot open store: %s", dir, mdb_strerror (rc));
+        llmq_store_close (&self);
+        return NULL;
+    }
+    MDB_envinfo info;
+    mdb_env_info (self->env, &info);
+    self->map_size = info.me_mapsize;
+    /* An existing store may have grown past the configured start size. */
+    if ((rc = mdb_txn_begin (self->env, NULL, 0, &self->txn)) == 0) {
+        struct { const char *name; MDB_dbi *dbi; } dbs[] = {
+            { "meta", &self->meta }, { "routes", &self->routes }, { "jobs", &self->jobs },
+            { "ready", &self->ready }, { "delayed", &self->delayed }, { "deadlines", &self->deadlines },
+            { "leases", &self->leases }, { "results", &self->results }, { "expiry", &self->expiry },
+            { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs }
+        };
+        for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) {
+            rc = mdb_dbi_open (self->txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
+        }
+        err[0] = 0;
+        if (rc == 0) {
+            rc = s_recover (self, now, err, errlen);
+        }
+        if (rc == 0) {
+            rc = mdb_txn_commit (self->txn);
+        }
+        else {
+            mdb_txn_abort (self->txn);
+        }
+        self->txn = NULL;
+    }
+    if (rc) {
+        if (!err[0]) {
+            snprintf (err, errlen, "%s: cannot open store: %s", dir, mdb_strerror (rc));
+        }
+        llmq_store_close (&self);
+        return NULL;
+    }
+    llmq_store_check_space (self);
+    return self;
+}
+
+void
+llmq_store_close (llmq_store_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_store_t *self = *self_p;
+        if (self->txn) {
+            mdb_txn_abort (self->txn);
+        }
+        if (self->env) {
+            mdb_env_close (self->env);
+        }
+        for (size_t i = 0; i < self->nroutes; i++) {
+            free (self->routes_v[i].name);
+        }
+        free (self->routes_v);
+        free (self->stats_v);
+        llmq_buf_free (&self->buf);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+int
+llmq_store_begin (llmq_store_t *self)
+{
+    if (self->txn) {
+        return 0;
+    }
+    return s_err (mdb_txn_begin (self->env, NULL, 0, &self->txn));
+}
+
+int
+llmq_store_commit (llmq_store_t *self)
+{
+    if (!self->txn) {
+        return 0;
+    }
+    int rc = 0;
+    if (self->counters_dirty) {
+        rc = s_meta_put64 (self, "next_id", self->next_id);
+        if (rc == 0) {
+            rc = s_meta_put64 (self, "next_lease", self->next_lease);
+        }
+        self->counters_dirty = false;
+    }
+    if (rc == 0) {
+        rc = mdb_txn_commit (self->txn);
+    }
+    else {
+        mdb_txn_abort (self->txn);
+    }
+    self->txn = NULL;
+    if (rc) {
+        llmq_error ("store: commit failed: %s", mdb_strerror (rc));
+        return LLMQ_ERR_STORE;
+    }
+    return 0;
+}
+
+void
+llmq_store_abort (llmq_store_t *self)
+{
+    if (self->txn) {
+        mdb_txn_abort (self->txn);
+        self->txn = NULL;
+    }
+}
+
+/*  Pages in use: high-water mark less the pages on the free list. The free
+    list is only read when the high-water mark says we are close. */
+static uint64_t
+s_used_bytes (llmq_store_t *self, bool exact)
+{
+    MDB_envinfo info;
+    MDB_stat st;
+    mdb_env_info (self->env, &info);
+    mdb_env_stat (self->env, &st);
+    uint64_t pages = info.me_last_pgno + 1;
+    if (exact) {
+        MDB_txn *txn;
+        MDB_cursor *c;
+        if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) == 0) {
+            if (mdb_cursor_open (txn, 0, &c) == 0) {
+                MDB_val k, v;
+                uint64_t freep = 0;
+                MDB_cursor_op op = MDB_FIRST;
+                while (mdb_cursor_get (c, &k, &v, op) == 0) {
+                    /* A free-list record is an ID list: its count comes first. */
+                    size_t count;
+                    memcpy (&count, v.mv_data, sizeof count);
+                    freep += count;
+                    op = MDB_NEXT;
+                }
+                pages = freep < pages ? pages - freep : 0;
+                mdb_cursor_close (c);
+            }
+            mdb_txn_abort (txn);
+        }
+    }
+    return pages * st.ms_psize;
+}
+
+bool
+llmq_store_check_space (llmq_store_t *self)
+{
+    uint64_t used = s_used_bytes (self, false);
+    /* Grow at 3/4 full, doubling, up to the limit. */
+    while (used > self->map_size / 4 * 3 && self->map_size < self->opts.max_map_size) {
+        uint64_t size = self->map_size * 2;
+        if (size > self->opts.max_map_size) {
+            size = self->opts.max_map_size;
+        }
+        int rc = mdb_env_set_mapsize (self->env, (size_t) size);
+        if (rc) {
+            llmq_error ("store: cannot grow map to %llu bytes: %s", (unsigned long long) size, mdb_strerror (rc));
+            break;
+        }
+        llmq_info ("store: map grown to %llu MiB (limit %llu MiB)", (unsigned long long) (size >> 20),
+                   (unsigned long long) (self->opts.max_map_size >> 20));
+        self->map_size = size;
+    }
+    /* At the limit: keep 1/8 in reserve for results of what we hold. */
+    bool full = false;
+    uint64_t limit = self->map_size - self->map_size / 8;
+    if (self->map_size >= self->opts.max_map_size && used > limit) {
+        full = s_used_bytes (self, true) > limit;
+    }
+    if (full != self->full) {
+        if (full) {
+            llmq_warn ("store: full at its limit of %llu MiB: new submits are refused until results expire "
+                       "or [broker] max_map_size is raised", (unsigned long long) (self->opts.max_map_size >> 20));
+        }
+        else {
+            llmq_info ("store: space available again, accepting submits");
+        }
+    }
+    self->full = full;
+    return full;
+}
+
+void
+llmq_store_space (llmq_store_t *self, uint64_t *used, uint64_t *map_size, uint64_t *max_size)
+{
+    *used = s_used_bytes (self, false);
+    *map_size = self->map_size;
+    *max_size = self->opts.max_map_size;
+}
+
+/* ------------------------------------------------------------------------
+   Records
+   ------------------------------------------------------------------------ */
+
+static int
+s_job_get (llmq_store_t *self, uint64_t id, llmq_job_t *job, llmq_arena_t *arena)
+{
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), v;
+    TRY (mdb_get (self->txn, self->jobs, &k, &v));
+    if (llmq_job_decode (v.mv_data, v.mv_size, job, arena)) {
+        llmq_error ("store: job %llu: corrupt record", (unsigned long long) id);
+        return LLMQ_ERR_STORE;
+    }
+    return 0;
+}
+
+static int
+s_job_put (llmq_store_t *self, const llmq_job_t *job, unsigned flags)
+{
+    llmq_buf_clear (&self->buf);
+    if (llmq_job_encode (job, &self->buf)) {
+        return LLMQ_ERR_NOMEM;
+    }
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, job->id), v = { self->buf.size, self->buf.data };
+    TRY (mdb_put (self->txn, self->jobs, &k, &v, flags));
+    return 0;
+}
+
+static int
+s_lease_get (llmq_store_t *self, uint64_t id, uint64_t *lease, uint64_t *started)
+{
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), v;
+    TRY (mdb_get (self->txn, self->leases, &k, &v));
+    if (v.mv_size != 16) {
+        return LLMQ_ERR_STORE;
+    }
+    *lease = s_get64 ((const unsigned char *) v.mv_data);
+    *started = s_get64 ((const unsigned char *) v.mv_data + 8);
+    return 0;
+}
+
+static int
+s_del (llmq_store_t *self, MDB_dbi dbi, MDB_val key)
+{
+    int rc = mdb_del (self->txn, dbi, &key, NULL);
+    return rc == MDB_NOTFOUND ? 0 : s_err (rc);
+}
+
+/*  Batch counters: a fixed record of six u64 (llmq_batch_counts_t). */
+static int
+s_batch_add (llmq_store_t *self, const char *batch, int state, int64_t delta)
+{
+    MDB_val k = s_str_val (batch), v;
+    llmq_batch_counts_t c = { 0 };
+    int rc = mdb_get (self->txn, self->batches, &k, &v);
+    if (rc == 0 && v.mv_size == sizeof c) {
+        memcpy (&c, v.mv_data, sizeof c);
+    }
+    uint64_t *field = &c.total;
+    switch (state) {
+        case LLMQ_STATE_DONE:      field = &c.done; break;
+        case LLMQ_STATE_FAILED:    field = &c.failed; break;
+        case LLMQ_STATE_CANCELLED: field = &c.cancelled; break;
+        case LLMQ_STATE_EXPIRED:   field = &c.expired; break;
+        case LLMQ_STATE_DEAD:      field = &c.dead; break;
+        default:                   field = &c.total; break;
+    }
+    *field += (uint64_t) delta;
+    if (c.total == 0) {
+        return s_del (self, self->batches, k);
+    }
+    v = (MDB_val) { sizeof c, &c };
+    TRY (mdb_put (self->txn, self->batches, &k, &v, 0));
+    return 0;
+}
+
+/*  Key of batchjobs: batch \0 id. */
+static MDB_val
+s_batchjob_key (char *buf, size_t cap, const char *batch, uint64_t id)
+{
+    size_t len = strlen (batch);
+    if (len + 9 > cap) {
+        len = cap - 9;
+    }
+    memcpy (buf, batch, len);
+    buf[len] = 0;
+    s_put64 ((unsigned char *) buf + len + 1, id);
+    return (MDB_val) { len + 9, buf };
+}
+
+/*  The job is over: store its result, drop the live record and its indexes
+    (the caller removed it from ready/delayed/leases). */
+static int
+s_finalise (llmq_store_t *self, const llmq_job_t *job, llmq_result_t *res, uint64_t now)
+{
+    res->id = job->id;
+    res->model = job->model;
+    res->batch_id = job->batch_id;
+    res->custom_id = job->custom_id;
+    res->priority = job->priority;
+    res->enqueued_us = job->enqueued_us;
+    res->finished_us = now;
+    llmq_buf_clear (&self->buf);
+    if (llmq_result_encode (res, &self->buf)) {
+        return LLMQ_ERR_NOMEM;
+    }
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, job->id), v = { self->buf.size, self->buf.data };
+    TRY (mdb_put (self->txn, self->results, &k, &v, 0));
+    TRY (mdb_del (self->txn, self->jobs, &k, NULL));
+    if (job->deadline_us) {
+        s_time_key_t dk;
+        int rc = s_del (self, self->deadlines, s_time_key (&dk, job->deadline_us, job->id));
+        if (rc) {
+            return rc;
+        }
+    }
+    s_time_key_t ek;
+    MDB_val ekv = s_time_key (&ek, now + self->opts.result_ttl_us, job->id);
+    MDB_val idem = job->idem_key ? s_str_val (job->idem_key) : s_empty;
+    TRY (mdb_put (self->txn, self->expiry, &ekv, &idem, 0));
+    if (job->batch_id) {
+        int rc = s_batch_add (self, job->batch_id, res->state, 1);
+        if (rc) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+   Lifecycle
+   ------------------------------------------------------------------------ */
+
+int
+llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup)
+{
+    *dup = false;
+    if (self->full) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    if (job->idem_key) {
+        MDB_val k = s_str_val (job->idem_key), v;
+        int rc = mdb_get (self->txn, self->idem, &k, &v);
+        if (rc == 0 && v.mv_size == 8) {
+            job->id = s_get64 ((const unsigned char *) v.mv_data);
+            *dup = true;
+            return 0;
+        }
+        if (rc != MDB_NOTFOUND) {
+            return s_err (rc);
+        }
+    }
+    uint32_t route;
+    int rc = llmq_store_route (self, job->model, &route);
+    if (rc) {
+        return rc;
+    }
+    job->id = self->next_id;
+    job->enqueued_us = now;
+    job->vdeadline_us = now + self->opts.prio_offset_us[job->priority % LLMQ_NPRIO];
+    job->state = LLMQ_STATE_QUEUED;
+    job->attempts = 0;
+    job->lease = 0;
+    job->not_before_us = 0;
+    if ((rc = s_job_put (self, job, MDB_APPEND))) {
+        return rc;
+    }
+    s_ready_key_t rk;
+    MDB_val rkv = s_ready_key (&rk, route, job->vdeadline_us, job->id);
+    TRY (mdb_put (self->txn, self->ready, &rkv, &s_empty, 0));
+    if (job->deadline_us) {
+        s_time_key_t dk;
+        MDB_val dkv = s_time_key (&dk, job->deadline_us, job->id);
+        TRY (mdb_put (self->txn, self->deadlines, &dkv, &s_empty, 0));
+    }
+    unsigned char idb[8];
+    s_put64 (idb, job->id);
+    if (job->idem_key) {
+        MDB_val k = s_str_val (job->idem_key), v = { 8, idb };
+        TRY (mdb_put (self->txn, self->idem, &k, &v, 0));
+    }
+    if (job->batch_id) {
+        char kb[600];
+        MDB_val bk = s_batchjob_key (kb, sizeof kb, job->batch_id, job->id);
+        TRY (mdb_put (self->txn, self->batchjobs, &bk, &s_empty, 0));
+        if ((rc = s_batch_add (self, job->batch_id, 0, 1))) {
+            return rc;
+        }
+    }
+    self->next_id++;
+    self->counters_dirty = true;
+    self->routes_v[route - 1].stats.ready[job->priority % LLMQ_NPRIO]++;
+    return 0;
+}
+
+int
+llmq_store_peek (llmq_store_t *self, uint32_t route, uint64_t *id, uint64_t *vdeadline)
+{
+    if (route == 0 || route > self->nroutes) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    const llmq_route_stats_t *st = &self->routes_v[route - 1].stats;
+    if (!(st->ready[0] | st->ready[1] | st->ready[2] | st->ready[3])) {
+        return LLMQ_ERR_NOT_FOUND;      /* skip the B-tree for empty routes */
+    }
+    MDB_cursor *c;
+    TRY (mdb_cursor_open (self->txn, self->ready, &c));
+    s_ready_key_t rk;
+    MDB_val k = s_ready_key (&rk, route, 0, 0), v;
+    int rc = mdb_cursor_get (c, &k, &v, MDB_SET_RANGE);
+    if (rc == 0 && (k.mv_size != 20 || s_get32 ((const unsigned char *) k.mv_data) != route)) {
+        rc = MDB_NOTFOUND;
+    }
+    if (rc == 0) {
+        *vdeadline = s_get64 ((const unsigned char *) k.mv_data + 4);
+        *id = s_get64 ((const unsigned char *) k.mv_data + 12);
+    }
+    mdb_cursor_close (c);
+    return s_err (rc);
+}
+
+int
+llmq_store_lease (llmq_store_t *self, uint64_t id, uint64_t now, llmq_job_t *job,
+                  llmq_result_t *final, llmq_arena_t *arena)
+{
+    int rc = s_job_get (self, id, job, arena);
+    if (rc) {
+        return rc;
+    }
+    s_route_t *r = s_route_by_name (self, job->model);
+    if (!r) {
+        return LLMQ_ERR_STORE;
+    }
+    s_ready_key_t rk;
+    if ((rc = s_del (self, self->ready, s_ready_key (&rk, r->stats.number, job->vdeadline_us, id)))) {
+        return rc;
+    }
+    r->stats.ready[job->priority % LLMQ_NPRIO]--;
+    if (job->deadline_us && job->deadline_us <= now) {
+        memset (final, 0, sizeof *final);
+        final->state = LLMQ_STATE_EXPIRED;
+        final->attempts = job->attempts;
+        final->error = "deadline passed before the job started";
+        if ((rc = s_finalise (self, job, final, now))) {
+            return rc;
+        }
+        return LLMQ_ERR_EXPIRED;
+    }
+    if (job->deadline_us) {
+        s_time_key_t dk;
+        if ((rc = s_del (self, self->deadlines, s_time_key (&dk, job->deadline_us, id)))) {
+            return rc;
+        }
+    }
+    job->lease = self->next_lease++;
+    self->counters_dirty = true;
+    unsigned char lv[16];
+    s_put64 (lv, job->lease);
+    s_put64 (lv + 8, now);
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), v = { 16, lv };
+    TRY (mdb_put (self->txn, self->leases, &k, &v, 0));
+    job->state = LLMQ_STATE_RUNNING;
+    r->stats.running++;
+    return 0;
+}
+
+/*  Take the lease off a running job; checks the token unless lease is 0. */
+static int
+s_unlease (llmq_store_t *self, uint64_t id, uint64_t lease, uint64_t *started)
+{
+    uint64_t current;
+    int rc = s_lease_get (self, id, &current, started);
+    if (rc == LLMQ_ERR_NOT_FOUND || (rc == 0 && lease && current != lease)) {
+        return LLMQ_ERR_STATE;
+    }
+    if (rc) {
+        return rc;
+    }
+    s_id_key_t ik;
+    return s_del (self, self->leases, s_id_key (&ik, id));
+}
+
+int
+llmq_store_complete (llmq_store_t *self, uint64_t id, uint64_t lease, const llmq_result_t *res,
+                     uint64_t now, llmq_result_t *final, llmq_arena_t *arena)
+{
+    uint64_t started;
+    int rc = s_unlease (self, id, lease, &started);
+    if (rc) {
+        return rc;
+    }
+    llmq_job_t job;
+    if ((rc = s_job_get (self, id, &job, arena))) {
+        return rc;
+    }
+    *final = *res;
+    final->started_us = started;
+    final->attempts = job.attempts + 1;
+    llmq_route_stats_t *st = s_stats (self, job.model);
+    if (st) {
+        st->running--;
+    }
+    return s_finalise (self, &job, final, now);
+}
+
+int
+llmq_store_requeue (llmq_store_t *self, uint64_t id, uint64_t lease, bool count_attempt,
+                    uint64_t not_before, const llmq_result_t *failure, uint64_t now,
+                    llmq_result_t *final, llmq_arena_t *arena)
+{
+    uint64_t started;
+    int rc = s_unlease (self, id, lease, &started);
+    if (rc) {
+        return rc;
+    }
+    llmq_job_t job;
+    if ((rc = s_job_get (self, id, &job, arena))) {
+        return rc;
+    }
+    llmq_route_stats_t *st = s_stats (self, job.model);
+    if (st) {
+        st->running--;
+    }
+    if (count_attempt) {
+        job.attempts++;
+        if (failure && failure->error) {
+            job.last_error = failure->error;
+        }
+    }
+    uint32_t max = job.max_attempts ? job.max_attempts : self->opts.max_attempts;
+    if (count_attempt && job.attempts >= max) {
+        if (failure) {
+            *final = *failure;
+        }
+        else {
+            memset (final, 0, sizeof *final);
+        }
+        final->state = LLMQ_STATE_DEAD;
+        final->attempts = job.attempts;
+        final->started_us = started;
+        if (!final->error) {
+            final->error = job.last_error ? job.last_error : "attempts exhausted";
+        }
+        if ((rc = s_finalise (self, &job, final, now))) {
+            return rc;
+        }
+        return LLMQ_ERR_JOB_FAILED;
+    }
+    if (not_before > now) {
+        job.state = LLMQ_STATE_DELAYED;
+        job.not_before_us = not_before;
+        s_time_key_t tk;
+        MDB_val k = s_time_key (&tk, not_before, id);
+        TRY (mdb_put (self->txn, self->delayed, &k, &s_empty, 0));
+        if (st) {
+            st->delayed++;
+        }
+    }
+    else {
+        job.state = LLMQ_STATE_QUEUED;
+        job.not_before_us = 0;
+        s_ready_key_t rk;
+        MDB_val k = s_ready_key (&rk, st ? st->number : 0, job.vdeadline_us, id);
+        TRY (mdb_put (self->txn, self->ready, &k, &s_empty, 0));
+        if (st) {
+            st->ready[job.priority % LLMQ_NPRIO]++;
+        }
+    }
+    if (job.deadline_us) {
+        s_time_key_t dk;
+        MDB_val k = s_time_key (&dk, job.deadline_us, id);
+        TRY (mdb_put (self->txn, self->deadlines, &k, &s_empty, 0));
+    }
+    return s_job_put (self, &job, 0);
+}
+
+/*  Take a queued or delayed job out of its index. */
+static int
+s_unqueue (llmq_store_t *self, const llmq_job_t *job)
+{
+    llmq_route_stats_t *st = s_stats (self, job->model);
+    if (job->state == LLMQ_STATE_DELAYED) {
+        s_time_key_t tk;
+        if (st) {
+            st->delayed--;
+        }
+        return s_del (self, self->delayed, s_time_key (&tk, job->not_before_us, job->id));
+    }
+    s_ready_key_t rk;
+    if (st) {
+        st->ready[job->priority % LLMQ_NPRIO]--;
+    }
+    return s_del (self, self->ready, s_ready_key (&rk, st ? st->number : 0, job->vdeadline_us, job->id));
+}
+
+int
+llmq_store_cancel (llmq_store_t *self, uint64_t id, uint64_t now, int *was, uint64_t *lease,
+                   llmq_result_t *final, llmq_arena_t *arena)
+{
+    llmq_job_t job;
+    int rc = s_job_get (self, id, &job, arena);
+    if (rc == LLMQ_ERR_NOT_FOUND) {
+        s_id_key_t ik;
+        MDB_val k = s_id_key (&ik, id), v;
+        return mdb_get (self->txn, self->results, &k, &v) == 0 ? LLMQ_ERR_STATE : LLMQ_ERR_NOT_FOUND;
+    }
+    if (rc) {
+        return rc;
+    }
+    uint64_t started = 0;
+    *lease = 0;
+    if (s_lease_get (self, id, lease, &started) == 0) {
+        *was = LLMQ_STATE_RUNNING;
+        if ((rc = s_unlease (self, id, 0, &started))) {
+            return rc;
+        }
+        llmq_route_stats_t *st = s_stats (self, job.model);
+        if (st) {
+            st->running--;
+        }
+    }
+    else {
+        *was = job.state;
+        if ((rc = s_unqueue (self, &job))) {
+            return rc;
+        }
+    }
+    memset (final, 0, sizeof *final);
+    final->state = LLMQ_STATE_CANCELLED;
+    final->attempts = job.attempts + (*was == LLMQ_STATE_RUNNING ? 1 : 0);
+    final->started_us = started;
+    final->error = "cancelled by request";
+    return s_finalise (self, &job, final, now);
+}
+
+int
+llmq_store_status (llmq_store_t *self, uint64_t id, llmq_result_t *out, llmq_arena_t *arena)
+{
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), v;
+    int rc = mdb_get (self->txn, self->results, &k, &v);
+    if (rc == 0) {
+        return llmq_result_decode (v.mv_data, v.mv_size, out, arena) ? LLMQ_ERR_STORE : 0;
+    }
+    llmq_job_t job;
+    if ((rc = s_job_get (self, id, &job, arena))) {
+        return rc;
+    }
+    memset (out, 0, sizeof *out);
+    out->id = id;
+    out->state = job.state;
+    out->model = job.model;
+    out->batch_id = job.batch_id;
+    out->custom_id = job.custom_id;
+    out->priority = job.priority;
+    out->enqueued_us = job.enqueued_us;
+    out->attempts = job.attempts;
+    out->error = job.last_error;
+    uint64_t lease, started;
+    if (s_lease_get (self, id, &lease, &started) == 0) {
+        out->state = LLMQ_STATE_RUNNING;
+        out->started_us = started;
+    }
+    return 0;
+}
+
+int
+llmq_store_fetch (llmq_store_t *self, const char *batch, uint64_t after, uint32_t limit,
+                  llmq_result_t **results, size_t *n, uint64_t *next, bool *more,
+                  llmq_batch_counts_t *counts, llmq_arena_t *arena)
+{
+    *n = 0;
+    *more = false;
+    *next = after;
+    memset (counts, 0, sizeof *counts);
+    MDB_val bk = s_str_val (batch), bv;
+    int rc = mdb_get (self->txn, self->batches, &bk, &bv);
+    if (rc == MDB_NOTFOUND) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    if (rc || bv.mv_size != sizeof *counts) {
+        return rc ? s_err (rc) : LLMQ_ERR_STORE;
+    }
+    memcpy (counts, bv.mv_data, sizeof *counts);
+    if (limit == 0 || limit > LLMQ_MAX_BATCH) {
+        limit = 1000;
+    }
+    *results = (llmq_result_t *) llmq_arena_alloc (arena, limit * sizeof (llmq_result_t));
+    if (!*results) {
+        return LLMQ_ERR_NOMEM;
+    }
+    MDB_cursor *c;
+    TRY (mdb_cursor_open (self->txn, self->batchjobs, &c));
+    char kb[600];
+    MDB_val k = s_batchjob_key (kb, sizeof kb, batch, after + 1), v;
+    size_t prefix = k.mv_size - 8;
+    for (rc = mdb_cursor_get (c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get (c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != prefix + 8 || memcmp (k.mv_data, kb, prefix) != 0) {
+            break;
+        }
+        if (*n == limit) {
+            *more = true;
+            break;
+        }
+        uint64_t id = s_get64 ((const unsigned char *) k.mv_data + prefix);
+        *next = id;
+        s_id_key_t ik;
+        MDB_val rk = s_id_key (&ik, id), rv;
+        if (mdb_get (self->txn, self->results, &rk, &rv) == 0
+        &&  llmq_result_decode (rv.mv_data, rv.mv_size, &(*results)[*n], arena) == 0) {
+            (*n)++;
+        }
+    }
+    mdb_cursor_close (c);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : s_err (rc);
+}
+
+/*  First key of an index ordered by time, if due by `now`. */
+static bool
+s_due (MDB_cursor *c, uint64_t now, uint64_t *id, MDB_val *val)
+{
+    MDB_val k;
+    if (mdb_cursor_get (c, &k, val, MDB_FIRST) != 0 || k.mv_size != 16) {
+        return false;
+    }
+    if (s_get64 ((const unsigned char *) k.mv_data) > now) {
+        return false;
+    }
+    *id = s_get64 ((const unsigned char *) k.mv_data + 8);
+    return true;
+}
+
+size_t
+llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget, llmq_store_final_fn *fn, void *arg,
+                 llmq_arena_t *arena)
+{
+    size_t done = 0;
+    MDB_cursor *c;
+    MDB_val v;
+    uint64_t id;
+    /* Delayed jobs whose backoff is over go back to ready. */
+    if (mdb_cursor_open (self->txn, self->delayed, &c) == 0) {
+        while (done < budget && s_due (c, now, &id, &v)) {
+            mdb_cursor_del (c, 0);
+            llmq_job_t job;
+            if (s_job_get (self, id, &job, arena) == 0) {
+                llmq_route_stats_t *st = s_stats (self, job.model);
+                job.state = LLMQ_STATE_QUEUED;
+                job.not_before_us = 0;
+                s_ready_key_t rk;
+                MDB_val k = s_ready_key (&rk, st ? st->number : 0, job.vdeadline_us, id);
+                if (mdb_put (self->txn, self->ready, &k, &s_empty, 0) == 0 && s_job_put (self, &job, 0) == 0 && st) {
+                    st->delayed--;
+                    st->ready[job.priority % LLMQ_NPRIO]++;
+                }
+            }
+            done++;
+        }
+        mdb_cursor_close (c);
+    }
+    /* Queued jobs past their deadline end as expired. */
+    if (mdb_cursor_open (self->txn, self->deadlines, &c) == 0) {
+        while (done < budget && s_due (c, now, &id, &v)) {
+            mdb_cursor_del (c, 0);
+            llmq_job_t job;
+            if (s_job_get (self, id, &job, arena) == 0) {
+                job.deadline_us = 0;        /* its key is gone already */
+                if (s_unqueue (self, &job) == 0) {
+                    llmq_result_t final = { 0 };
+                    final.state = LLMQ_STATE_EXPIRED;
+                    final.attempts = job.attempts;
+                    final.error = "deadline passed before the job started";
+                    if (s_finalise (self, &job, &final, now) == 0 && fn) {
+                        fn (arg, &final);
+                    }
+                }
+            }
+            done++;
+        }
+        mdb_cursor_close (c);
+    }
+    /* Results past their time to live are dropped with their keys. */
+    if (mdb_cursor_open (self->txn, self->expiry, &c) == 0) {
+        while (done < budget && s_due (c, now, &id, &v)) {
+            if (v.mv_size) {
+                MDB_val ik = { v.mv_size, v.mv_data };
+                mdb_del (self->txn, self->idem, &ik, NULL);
+            }
+            mdb_cursor_del (c, 0);
+            s_id_key_t rk;
+            MDB_val k = s_id_key (&rk, id), rv;
+            if (mdb_get (self->txn, self->results, &k, &rv) == 0) {
+                llmq_result_t res;
+                if (llmq_result_decode (rv.mv_data, rv.mv_size, &res, arena) == 0 && res.batch_id) {
+                    char kb[600];
+                    s_del (self, self->batchjobs, s_batchjob_key (kb, sizeof kb, res.batch_id, id));
+                    s_batch_add (self, res.batch_id, res.state, -1);
+                    s_batch_add (self, res.batch_id, 0, -1);
+                }
+                mdb_del (self->txn, self->results, &k, NULL);
+            }
+            done++;
+        }
+        mdb_cursor_close (c);
+    }
+    return done;
+}
+
+uint64_t
+llmq_store_next_delayed (llmq_store_t *self)
+{
+    MDB_cursor *c;
+    uint64_t t = 0;
+    if (self->txn && mdb_cursor_open (self->txn, self->delayed, &c) == 0) {
+        MDB_val k, v;
+        if (mdb_cursor_get (c, &k, &v, MDB_FIRST) == 0 && k.mv_size == 16) {
+            t = s_get64 ((const unsigned char *) k.mv_data);
+        }
+        mdb_cursor_close (c);
+    }
+    return t;
+}

@@ -1,0 +1,143 @@
+/*  store.h -- the broker's durable state: jobs, queue indexes and results in
+    one LMDB environment.
+
+    Every mutating call runs inside the current write transaction, opened
+    with llmq_store_begin() and made durable by llmq_store_commit(): the
+    broker opens one per loop turn, so one sync covers everything that
+    arrived in that turn (group commit). Every call that depends on time
+    takes `now` (unix µs) from the caller, so tests drive the clock.
+
+    Databases (docs/storage.md has the byte layout):
+      meta      "format" -> u32, "next_id" -> u64, "next_lease" -> u64
+      routes    route name -> u32 route number
+      jobs      id -> job record (codec)               live jobs only
+      ready     route|vdeadline|id -> ""               ordered by virtual deadline
+      delayed   not_before|id -> ""                    retry backoff
+      deadlines deadline|id -> ""                      queued jobs with a deadline
+      leases    id -> lease|started                     jobs running at a worker
+      results   id -> result record (codec)            final outcomes
+      expiry    expire_at|id -> idempotency key         result TTL
+      idem      idempotency key -> id
+      batches   batch -> counts;  batchjobs  batch\0id -> ""
+*/
+#ifndef LLMQ_STORE_H
+#define LLMQ_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "codec.h"
+#include "config.h"
+
+#define LLMQ_STORE_FORMAT 1
+
+typedef struct llmq_store llmq_store_t;
+
+typedef struct {
+    bool     sync;                    /* fsync each commit */
+    uint64_t map_size;                /* initial map bytes */
+    uint64_t max_map_size;            /* growth limit */
+    uint64_t prio_offset_us[LLMQ_NPRIO];
+    uint64_t result_ttl_us;
+    uint32_t max_attempts;            /* default for jobs that give 0 */
+    uint64_t backoff_us;              /* first retry delay */
+    uint64_t backoff_max_us;
+} llmq_store_opts_t;
+
+/*  Counts of one batch. */
+typedef struct {
+    uint64_t total, done, failed, cancelled, expired, dead;
+} llmq_batch_counts_t;
+
+/*  Depth of one route, by priority, for stats. */
+typedef struct {
+    const char *name;
+    uint32_t number;
+    uint64_t ready[LLMQ_NPRIO];
+    uint64_t delayed;
+    uint64_t running;
+} llmq_route_stats_t;
+
+/*  Called for each job the store finalises by itself during a tick
+    (expired at its deadline). `res` lives until the callback returns. */
+typedef void (llmq_store_final_fn) (void *arg, const llmq_result_t *res);
+
+/*  Open (creating if needed) the store in `dir`. Jobs leased when the broker
+    last stopped go back to ready, their attempt not counted. Returns NULL
+    with a reason in `err` (unknown format version, LMDB error...). */
+llmq_store_t *llmq_store_open (const char *dir, const llmq_store_opts_t *opts,
+                               uint64_t now, char *err, size_t errlen);
+void llmq_store_close (llmq_store_t **self_p);
+
+/*  Turn transaction. commit returns 0 or an LMDB error (logged). */
+int  llmq_store_begin (llmq_store_t *self);
+int  llmq_store_commit (llmq_store_t *self);
+void llmq_store_abort (llmq_store_t *self);
+
+/*  Between turns: grow the map when it is getting full, up to the limit.
+    Returns true when it is at its limit and nearly full: submits must be
+    refused (llmq_store_submit does so by itself). */
+bool llmq_store_check_space (llmq_store_t *self);
+void llmq_store_space (llmq_store_t *self, uint64_t *used, uint64_t *map_size, uint64_t *max_size);
+
+/*  Store a new job (job->model must be a route name). Sets job->id,
+    enqueued_us, vdeadline_us. With an idempotency key already known, sets
+    job->id to the existing job and *dup = true, storing nothing.
+    Errors: LLMQ_ERR_STORE_FULL, LLMQ_ERR_STORE. */
+int  llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup);
+
+/*  The head of a route's ready index (smallest virtual deadline).
+    Returns 0 and fills *id, *vdeadline, or LLMQ_ERR_NOT_FOUND if empty. */
+int  llmq_store_peek (llmq_store_t *self, uint32_t route, uint64_t *id, uint64_t *vdeadline);
+
+/*  Lease a ready job: out of the ready index, into leases with a new lease
+    token. Fills *job (strings in `arena`). A job whose deadline passed is
+    expired instead: returns LLMQ_ERR_EXPIRED and fills *final. */
+int  llmq_store_lease (llmq_store_t *self, uint64_t id, uint64_t now, llmq_job_t *job,
+                       llmq_result_t *final, llmq_arena_t *arena);
+
+/*  Finish a leased job with the worker's result (state set by the caller:
+    DONE or FAILED). Fails with LLMQ_ERR_STATE when (id, lease) is not the
+    current lease: a stale report, to be dropped. On success fills *final
+    with the stored result (strings in `arena`). */
+int  llmq_store_complete (llmq_store_t *self, uint64_t id, uint64_t lease,
+                          const llmq_result_t *res, uint64_t now,
+                          llmq_result_t *final, llmq_arena_t *arena);
+
+/*  Give a leased job back: to ready (not_before 0) or delayed. With
+    count_attempt the attempt counts; when attempts reach max_attempts the
+    job is dead-lettered instead: returns LLMQ_ERR_JOB_FAILED and fills
+    *final. `lease` 0 means any lease (broker restart, lost worker).
+    Errors: LLMQ_ERR_STATE (not leased under that token). */
+int  llmq_store_requeue (llmq_store_t *self, uint64_t id, uint64_t lease, bool count_attempt,
+                         uint64_t not_before, const llmq_result_t *failure, uint64_t now,
+                         llmq_result_t *final, llmq_arena_t *arena);
+
+/*  Cancel a live job. *was is its state before; for a running job *lease is
+    its lease token (the caller aborts it at the worker). Fills *final.
+    Errors: LLMQ_ERR_NOT_FOUND, LLMQ_ERR_STATE (already final). */
+int  llmq_store_cancel (llmq_store_t *self, uint64_t id, uint64_t now, int *was,
+                        uint64_t *lease, llmq_result_t *final, llmq_arena_t *arena);
+
+/*  A job's state: the stored result if final, else its live state. */
+int  llmq_store_status (llmq_store_t *self, uint64_t id, llmq_result_t *out, llmq_arena_t *arena);
+
+/*  Up to `limit` final results of a batch with id > after, in id order.
+    *more is true if the batch has jobs beyond the last one returned. */
+int  llmq_store_fetch (llmq_store_t *self, const char *batch, uint64_t after, uint32_t limit,
+                       llmq_result_t **results, size_t *n, uint64_t *next, bool *more,
+                       llmq_batch_counts_t *counts, llmq_arena_t *arena);
+
+/*  Timers: promote delayed jobs whose time came, expire queued jobs past
+    their deadline (calling fn for each), purge results past their TTL.
+    Bounded work per call (`budget` records); returns records touched. */
+size_t llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget,
+                        llmq_store_final_fn *fn, void *arg, llmq_arena_t *arena);
+
+/*  Route numbers. llmq_store_route creates the route if needed (in the
+    current transaction). */
+int  llmq_store_route (llmq_store_t *self, const char *name, uint32_t *number);
+size_t llmq_store_routes (llmq_store_t *self, const llmq_route_stats_t **routes);
+/*  Earliest not_before among delayed jobs, or 0 when none. */
+uint64_t llmq_store_next_delayed (llmq_store_t *self);
+
+#endif

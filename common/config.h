@@ -1,0 +1,95 @@
+/*  config.h -- the llmq configuration file (one file for broker and workers).
+
+    INI syntax: `[section]` or `[section NAME]` headers, `key = value` lines,
+    `#` or `;` comments. Durations take a unit (ms, s, m, h, d), sizes take
+    one (B, KiB, MiB, GiB). deploy/llmq.conf is the commented example and
+    docs/config.md the reference. Every error names the file, the line and
+    what is wrong: "llmq.conf:12: [broker] sync: expected on or off (or
+    true/false, yes/no, 1/0), got 'maybe'".
+
+    A loaded config is never modified by this module: after load it may be
+    read from any number of threads without locking.
+*/
+#ifndef LLMQ_CONFIG_H
+#define LLMQ_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define LLMQ_NPRIO 4
+
+typedef struct {
+    char    *name;              /* [deployment NAME] */
+    char    *provider;          /* "openai" or "echo" (more in later versions) */
+    char    *model;             /* model name sent to the provider */
+    char    *base_url;          /* e.g. http://127.0.0.1:8080/v1 */
+    char    *api_key_env;       /* name of the env var holding the key, or NULL */
+    uint64_t timeout_ms;        /* total time allowed for one call (default 60 s) */
+    uint64_t connect_timeout_ms;/* default 5 s */
+} llmq_deployment_t;
+
+typedef struct {
+    char    *name;              /* [group NAME]: the model name clients submit to */
+    char   **deployments;       /* names, in order */
+    size_t   ndeployments;
+} llmq_group_t;
+
+typedef struct {
+    char    *path;              /* file it was loaded from (NULL: defaults only) */
+    /* [broker] */
+    char    *frontend;          /* client endpoint, default tcp://127.0.0.1:5555 */
+    char    *backend;           /* worker endpoint, default tcp://127.0.0.1:5556 */
+    char    *data_dir;          /* default ./llmq-data */
+    bool     sync;              /* fsync every group commit (default true) */
+    uint64_t map_size;          /* initial LMDB map bytes (default 64 MiB) */
+    uint64_t max_map_size;      /* growth limit (default 8 GiB) */
+    uint64_t result_ttl_ms;     /* default 24 h */
+    uint64_t heartbeat_ms;      /* default 1000 */
+    uint32_t liveness;          /* heartbeats missed before a peer is dead (3) */
+    uint64_t max_message;       /* largest accepted message body (default 64 MiB) */
+    uint32_t max_attempts;      /* default for jobs (3) */
+    uint64_t retry_backoff_ms;  /* first retry delay, doubled per attempt (1 s) */
+    uint64_t retry_backoff_max_ms; /* cap (10 s) */
+    char    *log_level;         /* error, warn, info, debug (info) */
+    /* [priority] offsets in ms: urgent, high, normal, low (0, 5 s, 30 s, 120 s) */
+    uint64_t prio_offset_ms[LLMQ_NPRIO];
+    /* [worker] */
+    char    *worker_broker;     /* broker backend to connect to (default = backend) */
+    uint32_t worker_slots;      /* concurrent calls per worker process (64) */
+    /* [deployment NAME] and [group NAME], in file order */
+    llmq_deployment_t *deployments;
+    size_t   ndeployments;
+    llmq_group_t *groups;
+    size_t   ngroups;
+} llmq_config_t;
+
+/*  Defaults only: no file. Returns NULL on out of memory. */
+llmq_config_t *llmq_config_new (void);
+/*  Load a file over the defaults. Returns NULL and writes
+    "FILE:LINE: what is wrong" into `err` on any problem (unknown section or
+    key, bad value, duplicate name, group naming an unknown deployment...).
+    Only the first problem is reported. `err` may be NULL; a message longer
+    than errlen is cut (512 bytes always suffice). Keys absent from the
+    file keep their defaults; a deployment's model defaults to its NAME and
+    worker_broker to the backend value. Free with llmq_config_destroy. */
+llmq_config_t *llmq_config_load (const char *path, char *err, size_t errlen);
+/*  Free the config and set *self_p to NULL; safe on NULL and twice. */
+void llmq_config_destroy (llmq_config_t **self_p);
+
+/*  Look a deployment or group up by name; NULL if there is none. The
+    pointer is borrowed and valid until the config is destroyed. */
+const llmq_deployment_t *llmq_config_deployment (const llmq_config_t *self, const char *name);
+const llmq_group_t *llmq_config_group (const llmq_config_t *self, const char *name);
+
+/*  Parsers, shared with command-line flags. Return 0, or -1 if invalid
+    (then the output is untouched). Strict: digits and a unit, nothing
+    else -- no sign, spaces, fractions or overflow.
+    Durations: ms, s, m, h, d (lower case): "150ms", "5s", "24h".
+    Sizes: B, KiB, MiB, GiB, TiB (x1024) or KB, MB, GB, TB (x1000), any case.
+    Bools: on/off, true/false, yes/no, 1/0, any case. */
+int llmq_parse_duration_ms (const char *text, uint64_t *ms);
+int llmq_parse_size (const char *text, uint64_t *bytes);
+int llmq_parse_bool (const char *text, bool *value);
+
+#endif
