@@ -52,6 +52,11 @@ struct llmq_store {
     size_t nroutes;
     llmq_route_stats_t *stats_v;    /* view for llmq_store_routes */
     llmq_buf_t buf;                 /* scratch for encoding records */
+    /* The in-memory view at begin, put back by abort so that it never
+       counts what the aborted transaction did. */
+    uint64_t saved_next_id, saved_next_lease;
+    size_t saved_nroutes;
+    llmq_route_stats_t *saved_stats;
 };
 
 /* ------------------------------------------------------------------------
@@ -457,6 +462,7 @@ llmq_store_close (llmq_store_t **self_p)
         }
         free (self->routes_v);
         free (self->stats_v);
+        free (self->saved_stats);
         llmq_buf_free (&self->buf);
         free (self);
         *self_p = NULL;
@@ -469,7 +475,36 @@ llmq_store_begin (llmq_store_t *self)
     if (self->txn) {
         return 0;
     }
+    llmq_route_stats_t *saved = (llmq_route_stats_t *) realloc (self->saved_stats,
+                                    (self->nroutes ? self->nroutes : 1) * sizeof *saved);
+    if (!saved) {
+        return LLMQ_ERR_NOMEM;
+    }
+    self->saved_stats = saved;
+    for (size_t i = 0; i < self->nroutes; i++) {
+        saved[i] = self->routes_v[i].stats;
+    }
+    self->saved_nroutes = self->nroutes;
+    self->saved_next_id = self->next_id;
+    self->saved_next_lease = self->next_lease;
     return s_err (mdb_txn_begin (self->env, NULL, 0, &self->txn));
+}
+
+/*  Back to the view saved at begin: routes created since are forgotten. */
+static void
+s_restore (llmq_store_t *self)
+{
+    for (size_t i = self->saved_nroutes; i < self->nroutes; i++) {
+        free (self->routes_v[i].name);
+        self->routes_v[i].name = NULL;
+    }
+    self->nroutes = self->saved_nroutes;
+    for (size_t i = 0; i < self->nroutes; i++) {
+        self->routes_v[i].stats = self->saved_stats[i];
+    }
+    self->next_id = self->saved_next_id;
+    self->next_lease = self->saved_next_lease;
+    self->counters_dirty = false;
 }
 
 int
@@ -495,6 +530,7 @@ llmq_store_commit (llmq_store_t *self)
     self->txn = NULL;
     if (rc) {
         llmq_error ("store: commit failed: %s", mdb_strerror (rc));
+        s_restore (self);
         return LLMQ_ERR_STORE;
     }
     return 0;
@@ -506,6 +542,7 @@ llmq_store_abort (llmq_store_t *self)
     if (self->txn) {
         mdb_txn_abort (self->txn);
         self->txn = NULL;
+        s_restore (self);
     }
 }
 

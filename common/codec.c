@@ -695,11 +695,11 @@ s_required (int cmd)
         case LLMQ_CMD_STATUS:    return F_ID;
         case LLMQ_CMD_WAIT:      return F_IDS;
         case LLMQ_CMD_FETCH:     return F_BATCH;
-        case LLMQ_CMD_ACCEPTED:  return F_IDS | F_CORR;
+        case LLMQ_CMD_ACCEPTED:  return F_IDS;
         case LLMQ_CMD_REJECTED:  return F_CODE;
         case LLMQ_CMD_CHUNK:     return F_ID | F_TEXT;
         case LLMQ_CMD_RESULT:    return F_RESULTS;
-        case LLMQ_CMD_REPLY:     return F_CORR;
+        case LLMQ_CMD_REPLY:     return 0;
         case LLMQ_CMD_STATS_REP: return F_JSON;
         case LLMQ_CMD_ERROR:     return F_CODE;
         case LLMQ_CMD_DONE:      return F_ID | F_LEASE | F_RESULTS;
@@ -739,17 +739,102 @@ s_set_why (char *why, size_t whylen, int rc, const char *prefix, const char *arg
     return rc;
 }
 
+/*  msgpack-c allocates the entries of an array or map from the count in its
+    header before it reads them: six bytes claiming 2^32 entries would cost a
+    96 GiB malloc. This walk checks, allocating nothing, that every count and
+    length fits in the bytes that are left (an entry takes at least one
+    byte), so what msgpack allocates is bounded by the body's size. */
+static bool
+s_counts_fit (const unsigned char *p, size_t len)
+{
+    size_t pending = 1, off = 0;
+    while (pending) {
+        if (off >= len) {
+            return false;
+        }
+        unsigned char b = p[off++];
+        pending--;
+        uint64_t entries = 0, skip = 0;
+        int width = 0;              /* bytes of a length or count that follow */
+        int extra = 0;              /* fixed bytes after it (ext type) */
+        bool is_map = false, is_container = false;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            ;
+        }
+        else if ((b & 0xf0) == 0x80) {
+            entries = 2u * (b & 0x0f);
+        }
+        else if ((b & 0xf0) == 0x90) {
+            entries = b & 0x0f;
+        }
+        else if ((b & 0xe0) == 0xa0) {
+            skip = b & 0x1f;
+        }
+        else {
+            switch (b) {
+                case 0xc4: case 0xd9: width = 1; break;                 /* bin8, str8 */
+                case 0xc5: case 0xda: width = 2; break;
+                case 0xc6: case 0xdb: width = 4; break;
+                case 0xc7: width = 1; extra = 1; break;                 /* ext8 */
+                case 0xc8: width = 2; extra = 1; break;
+                case 0xc9: width = 4; extra = 1; break;
+                case 0xcc: case 0xd0: skip = 1; break;
+                case 0xcd: case 0xd1: skip = 2; break;
+                case 0xca: case 0xce: case 0xd2: skip = 4; break;
+                case 0xcb: case 0xcf: case 0xd3: skip = 8; break;
+                case 0xd4: skip = 2; break;                             /* fixext */
+                case 0xd5: skip = 3; break;
+                case 0xd6: skip = 5; break;
+                case 0xd7: skip = 9; break;
+                case 0xd8: skip = 17; break;
+                case 0xdc: width = 2; is_container = true; break;       /* array16 */
+                case 0xdd: width = 4; is_container = true; break;
+                case 0xde: width = 2; is_container = is_map = true; break;
+                case 0xdf: width = 4; is_container = is_map = true; break;
+                default: return false;                                  /* 0xc1 */
+            }
+        }
+        if (width) {
+            if ((size_t) width > len - off) {
+                return false;
+            }
+            uint64_t n = 0;
+            for (int i = 0; i < width; i++) {
+                n = (n << 8) | p[off++];
+            }
+            if (is_container) {
+                entries = is_map ? 2 * n : n;
+            }
+            else {
+                skip = n + (uint64_t) extra;
+            }
+        }
+        if (skip > len - off) {
+            return false;
+        }
+        off += (size_t) skip;
+        if (entries > len - off) {
+            return false;
+        }
+        pending += (size_t) entries;
+    }
+    return true;                    /* trailing bytes are msgpack's to report */
+}
+
 int
 llmq_msg_decode_body (uint8_t cmd, const void *body, size_t len, llmq_msg_t *out,
                       llmq_arena_t *arena, char *why, size_t whylen)
 {
     memset (out, 0, sizeof *out);
     out->cmd = cmd;
-    out->index = -1;
+    out->index = cmd == LLMQ_CMD_REJECTED ? -1 : 0;    /* the encoder's default */
     if (!llmq_cmd_name (cmd)) {
         char hex[8];
         snprintf (hex, sizeof hex, "0x%02x", cmd);
         return s_set_why (why, whylen, LLMQ_ERR_UNKNOWN_COMMAND, "unknown command ", hex);
+    }
+    if (!s_counts_fit ((const unsigned char *) body, len)) {
+        return s_set_why (why, whylen, LLMQ_ERR_PROTOCOL, "body truncated or malformed", NULL);
     }
     s_dec_t d = { arena, why, whylen, 0 };
     msgpack_object root;
@@ -834,7 +919,8 @@ s_decode_record (const void *data, size_t len, llmq_arena_t *arena, bool job, vo
 {
     msgpack_object root;
     size_t off = 0;
-    if (msgpack_unpack ((const char *) data, len, &off, &arena->zone, &root) != MSGPACK_UNPACK_SUCCESS) {
+    if (!s_counts_fit ((const unsigned char *) data, len)
+    ||  msgpack_unpack ((const char *) data, len, &off, &arena->zone, &root) != MSGPACK_UNPACK_SUCCESS) {
         return LLMQ_ERR_PROTOCOL;
     }
     s_dec_t d = { arena, NULL, 0, 0 };
