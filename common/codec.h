@@ -56,7 +56,7 @@ typedef enum {
     LLMQ_CMD_ERROR      = 0x4F,   /* code, reason: protocol error, to any peer */
     /* worker -> broker */
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
-    LLMQ_CMD_CREDIT     = 0x62,   /* slots (new total) */
+    LLMQ_CMD_CREDIT     = 0x62,   /* slots: more credit granted (added) */
     LLMQ_CMD_HEARTBEAT  = 0x63,   /* (both directions) */
     LLMQ_CMD_DONE       = 0x64,   /* id, lease, results[0] */
     LLMQ_CMD_FAILED     = 0x65,   /* id, lease, results[0] (error_class, http_status, error), retry_after_ms */

@@ -219,7 +219,9 @@ LLMQ_EXPORT int  llmq_wait (llmq *h, uint64_t id, int timeout_ms, llmq_result **
 typedef int (llmq_chunk_fn) (void *arg, uint64_t id, unsigned seq, const char *text);
 
 /** Submit a job with streaming on and call `fn` for each chunk as it
- *  arrives, until the job ends or the timeout expires.
+ *  arrives, until the job ends or the timeout expires. If `fn` returns
+ *  non-zero, llmq_stream() returns #LLMQ_OK at once with *result NULL; the
+ *  job's later chunks are dropped and llmq_wait() gets its result.
  *  @param[out] id the job id (set as soon as it is accepted; may be NULL)
  *  @param[out] result final result (may be NULL if not wanted)
  *  @return as llmq_submit() and llmq_wait(). */
@@ -251,10 +253,19 @@ LLMQ_EXPORT int  llmq_fetch (llmq *h, const char *batch_id, uint64_t after, unsi
 LLMQ_EXPORT int  llmq_stats (llmq *h, char **json, int timeout_ms);
 
 /** Pipelined use. Send n jobs (one message) without waiting for the ack.
+ *  Never blocks: if the socket's send queue is full (the broker is not
+ *  reading), returns #LLMQ_ERR_TIMEOUT and nothing is sent.
  *  @param[in] notify non-zero: push results (and chunks of streamed jobs)
- *  @param[out] ticket identifies the ACCEPTED/REJECTED event for this send */
+ *  @param[out] ticket identifies the ACCEPTED/REJECTED event for this send
+ *  (never 0) */
 LLMQ_EXPORT int  llmq_send (llmq *h, const llmq_job *jobs, size_t n, int notify, uint64_t *ticket);
-/** Next event (ack, rejection, chunk, result) for this handle.
+/** Next event (ack, rejection, chunk, result) for this handle, oldest
+ *  first. Events that arrive while another call waits are kept in the
+ *  handle, up to 128 MiB; past that, pushed chunks and results are dropped
+ *  (acks never are), and the next llmq_next() sets llmq_last_error() to
+ *  say how many. A dropped result can still be had with llmq_wait().
+ *  A result pushed again (after a WAIT, say) once the handle has kept or
+ *  handed it out is dropped, so llmq_next() shows each job's result once.
  *  @param[out] ev allocated event; free with llmq_event_free() */
 LLMQ_EXPORT int  llmq_next (llmq *h, int timeout_ms, llmq_event **ev);
 

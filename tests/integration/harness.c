@@ -1,0 +1,404 @@
+/*  harness.c -- real llmq processes for integration tests. See harness.h. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef LLMQ_BIN_DIR
+#   error "LLMQ_BIN_DIR must point at the build tree"
+#endif
+
+static uint64_t
+s_ms (void)
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+/*  A port nobody listens on right now (the kernel's choice). */
+static int
+s_free_port (void)
+{
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset (&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind (fd, (struct sockaddr *) &a, sizeof a) == 0
+    &&  getsockname (fd, (struct sockaddr *) &a, &len) == 0) {
+        port = ntohs (a.sin_port);
+    }
+    if (fd >= 0) {
+        close (fd);
+    }
+    return port;
+}
+
+char *
+h_slurp (const char *path)
+{
+    FILE *f = fopen (path, "rb");
+    if (!f) {
+        return NULL;
+    }
+    fseek (f, 0, SEEK_END);
+    long n = ftell (f);
+    fseek (f, 0, SEEK_SET);
+    char *buf = (char *) malloc ((size_t) n + 1);
+    size_t got = buf ? fread (buf, 1, (size_t) n, f) : 0;
+    fclose (f);
+    if (buf) {
+        buf[got] = 0;
+    }
+    return buf;
+}
+
+static void
+s_write (const char *path, const char *text)
+{
+    FILE *f = fopen (path, "w");
+    if (f) {
+        fputs (text, f);
+        fclose (f);
+    }
+}
+
+harness_t *
+h_new (const char *extra_broker)
+{
+    /* The mock deployment reads its key from here; workers inherit it. */
+    setenv ("LLMQ_TEST_KEY", "sk-test-harness-key-0123456789", 0);
+    harness_t *self = (harness_t *) calloc (1, sizeof *self);
+    snprintf (self->dir, sizeof self->dir, "/tmp/llmq-test-XXXXXX");
+    if (!mkdtemp (self->dir)) {
+        free (self);
+        return NULL;
+    }
+    snprintf (self->conf, sizeof self->conf, "%s/llmq.conf", self->dir);
+    snprintf (self->data, sizeof self->data, "%s/data", self->dir);
+    snprintf (self->frontend, sizeof self->frontend, "tcp://127.0.0.1:%d", s_free_port ());
+    snprintf (self->backend, sizeof self->backend, "tcp://127.0.0.1:%d", s_free_port ());
+    self->mock_port = s_free_port ();
+    char conf[4096];
+    snprintf (conf, sizeof conf,
+              "[broker]\n"
+              "frontend = %s\n"
+              "backend = %s\n"
+              "data_dir = %s\n"
+              "%s"
+              "\n[worker]\n"
+              "slots = 64\n"
+              "\n[deployment echo]\n"
+              "provider = echo\n"
+              "\n[deployment mock]\n"
+              "provider = openai\n"
+              "model = mock-model\n"
+              "base_url = http://127.0.0.1:%d/v1\n"
+              "api_key_env = LLMQ_TEST_KEY\n"
+              "timeout = 30s\n"
+              "\n[group echo]\n"
+              "deployments = echo\n"
+              "\n[group gpt]\n"
+              "deployments = mock\n",
+              self->frontend, self->backend, self->data, extra_broker ? extra_broker : "",
+              self->mock_port);
+    s_write (self->conf, conf);
+    return self;
+}
+
+static void
+s_kill (h_proc_t *p)
+{
+    if (p->pid > 0) {
+        kill (p->pid, SIGKILL);
+        waitpid (p->pid, NULL, 0);
+        p->pid = 0;
+    }
+}
+
+void
+h_destroy (harness_t **self_p)
+{
+    if (!self_p || !*self_p) {
+        return;
+    }
+    harness_t *self = *self_p;
+    for (int i = 0; i < self->nworkers; i++) {
+        s_kill (&self->workers[i]);
+    }
+    s_kill (&self->broker);
+    s_kill (&self->mock);
+    if (!getenv ("LLMQ_TEST_KEEP")) {
+        char cmd[600];
+        snprintf (cmd, sizeof cmd, "rm -rf '%s'", self->dir);
+        if (system (cmd) != 0) {
+            fprintf (stderr, "harness: could not remove %s\n", self->dir);
+        }
+    }
+    else {
+        fprintf (stderr, "harness: kept %s\n", self->dir);
+    }
+    free (self);
+    *self_p = NULL;
+}
+
+static int
+s_spawn (h_proc_t *p, const char *log, const char *const *argv)
+{
+    snprintf (p->log, sizeof p->log, "%s", log);
+    pid_t pid = fork ();
+    if (pid < 0) {
+        return -1;
+    }
+    if (pid == 0) {
+        int fd = open (log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2 (fd, 1);
+            dup2 (fd, 2);
+            close (fd);
+        }
+        int null = open ("/dev/null", O_RDONLY);
+        if (null >= 0) {
+            dup2 (null, 0);
+            close (null);
+        }
+        execv (argv[0], (char *const *) argv);
+        _exit (127);
+    }
+    p->pid = pid;
+    return 0;
+}
+
+/*  Wait for `path` to appear (renamed into place) using inotify. */
+static bool
+s_wait_file (const char *dir, const char *path, int timeout_ms)
+{
+    int fd = inotify_init1 (IN_NONBLOCK | IN_CLOEXEC);
+    inotify_add_watch (fd, dir, IN_MOVED_TO | IN_CLOSE_WRITE | IN_CREATE);
+    uint64_t end = s_ms () + (uint64_t) timeout_ms;
+    bool found = false;
+    while (!(found = access (path, F_OK) == 0) && s_ms () < end) {
+        struct pollfd pfd = { fd, POLLIN, 0 };
+        poll (&pfd, 1, (int) (end - s_ms ()));
+        char buf[4096];
+        while (read (fd, buf, sizeof buf) > 0) {
+        }
+    }
+    close (fd);
+    return found;
+}
+
+int
+h_start_mock (harness_t *self, const char *const *args)
+{
+    char port[16], portfile[300], log[300];
+    snprintf (port, sizeof port, "%d", self->mock_port);
+    snprintf (portfile, sizeof portfile, "%s/mock.port", self->dir);
+    snprintf (log, sizeof log, "%s/mock.log", self->dir);
+    unlink (portfile);
+    const char *argv[32] = { LLMQ_BIN_DIR "/tests/mock/llmq-mock-provider", "--port", port,
+                             "--port-file", portfile, "--quiet" };
+    int n = 6;
+    for (int i = 0; args && args[i] && n < 31; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    if (s_spawn (&self->mock, log, argv)) {
+        return -1;
+    }
+    return s_wait_file (self->dir, portfile, 10000) ? 0 : -1;
+}
+
+int
+h_start_broker (harness_t *self, const char *const *args)
+{
+    char log[300];
+    snprintf (log, sizeof log, "%s/broker.log", self->dir);
+    const char *argv[32] = { LLMQ_BIN_DIR "/broker/llmq-broker", "-c", self->conf };
+    int n = 3;
+    for (int i = 0; args && args[i] && n < 31; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    if (s_spawn (&self->broker, log, argv)) {
+        return -1;
+    }
+    llmq *c = NULL;
+    int rc = llmq_connect (self->frontend, 10000, &c);
+    llmq_close (&c);
+    return rc == LLMQ_OK ? 0 : -1;
+}
+
+int
+h_start_worker (harness_t *self, int slots, int expect)
+{
+    if (self->nworkers == H_MAX_WORKERS) {
+        return -1;
+    }
+    int i = self->nworkers++;
+    char log[300], sl[16];
+    snprintf (log, sizeof log, "%s/worker%d.log", self->dir, i);
+    snprintf (sl, sizeof sl, "%d", slots);
+    const char *argv[] = { LLMQ_BIN_DIR "/worker/llmq-worker", "-c", self->conf, "--slots", sl, NULL };
+    if (s_spawn (&self->workers[i], log, argv)) {
+        return -1;
+    }
+    if (expect < 0) {
+        return i;               /* no broker to ask: the caller syncs itself */
+    }
+    llmq *c = h_client (self);
+    bool ok = c && h_wait_stat (c, "worker_count", expect, 10000);
+    llmq_close (&c);
+    return ok ? i : -1;
+}
+
+int
+h_stop (h_proc_t *p, int sig)
+{
+    if (p->pid <= 0) {
+        return -1;
+    }
+    kill (p->pid, sig);
+    int status = 0;
+    waitpid (p->pid, &status, 0);
+    p->pid = 0;
+    return WIFEXITED (status) ? WEXITSTATUS (status) : 128 + WTERMSIG (status);
+}
+
+llmq *
+h_client (harness_t *self)
+{
+    llmq *c = NULL;
+    return llmq_connect (self->frontend, 10000, &c) == LLMQ_OK ? c : NULL;
+}
+
+static long
+s_json_path (json_t *root, const char *path)
+{
+    char buf[256];
+    snprintf (buf, sizeof buf, "%s", path);
+    json_t *node = root;
+    for (char *save = NULL, *part = strtok_r (buf, ".", &save); part && node;
+         part = strtok_r (NULL, ".", &save)) {
+        node = json_object_get (node, part);
+    }
+    return node && json_is_integer (node) ? (long) json_integer_value (node)
+         : node && json_is_true (node) ? 1 : node && json_is_false (node) ? 0 : -1;
+}
+
+long
+h_stat (llmq *client, const char *path)
+{
+    char *text = NULL;
+    if (llmq_stats (client, &text, 5000) != LLMQ_OK) {
+        return -1;
+    }
+    json_t *root = json_loads (text, 0, NULL);
+    llmq_free (text);
+    long v = root ? s_json_path (root, path) : -1;
+    json_decref (root);
+    return v;
+}
+
+bool
+h_wait_stat (llmq *client, const char *path, long value, int timeout_ms)
+{
+    uint64_t end = s_ms () + (uint64_t) timeout_ms;
+    do {
+        if (h_stat (client, path) == value) {
+            return true;
+        }
+        h_backoff ();
+    } while (s_ms () < end);
+    return false;
+}
+
+void
+h_backoff (void)
+{
+    struct timespec ts = { 0, 5 * 1000 * 1000 };
+    nanosleep (&ts, NULL);
+}
+
+static size_t
+s_collect (char *ptr, size_t size, size_t n, void *arg)
+{
+    json_t **out = (json_t **) arg;
+    size_t len = size * n;
+    json_t *s = *out ? *out : json_string ("");
+    char *joined = NULL;
+    if (asprintf (&joined, "%s%.*s", json_string_value (s), (int) len, ptr) >= 0) {
+        json_string_set (s, joined);
+        free (joined);
+    }
+    *out = s;
+    return len;
+}
+
+static json_t *
+s_http (harness_t *self, const char *method, const char *path, const char *body)
+{
+    CURL *curl = curl_easy_init ();
+    char url[256];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d%s", self->mock_port, path);
+    json_t *text = NULL;
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_collect);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &text);
+    struct curl_slist *headers = NULL;
+    if (body) {
+        headers = curl_slist_append (headers, "Content-Type: application/json");
+        curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
+    }
+    CURLcode rc = curl_easy_perform (curl);
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    json_t *doc = NULL;
+    if (rc == CURLE_OK && text) {
+        doc = json_loads (json_string_value (text), 0, NULL);
+        if (!doc) {
+            doc = json_object ();
+        }
+    }
+    json_decref (text);
+    return doc;
+}
+
+long
+h_mock_stat (harness_t *self, const char *key)
+{
+    json_t *doc = s_http (self, "GET", "/mock/stats", NULL);
+    long v = doc ? s_json_path (doc, key) : -1;
+    json_decref (doc);
+    return v;
+}
+
+int
+h_mock_post (harness_t *self, const char *path, const char *json)
+{
+    json_t *doc = s_http (self, "POST", path, json);
+    int rc = doc ? 0 : -1;
+    json_decref (doc);
+    return rc;
+}

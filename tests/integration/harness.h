@@ -1,0 +1,79 @@
+/*  harness.h -- real llmq processes for integration tests.
+
+    A harness owns a scratch directory, a configuration file written into
+    it, and the processes it starts there: the mock provider, a broker,
+    workers. Every process is started with fork/exec, its output goes to a
+    log file in the scratch directory, and it is ended by its PID only.
+    Everything listens on 127.0.0.1.
+
+    Readiness is awaited on handshakes, never on fixed sleeps: the mock's
+    port file (inotify), the broker's PONG (llmq_connect), and the broker's
+    own count of workers (STATS).
+*/
+#ifndef LLMQ_HARNESS_H
+#define LLMQ_HARNESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "llmq.h"
+
+#define H_MAX_WORKERS 8
+
+typedef struct {
+    pid_t pid;                  /* 0 when not running */
+    char log[512];              /* its stdout and stderr */
+} h_proc_t;
+
+typedef struct {
+    char dir[256];              /* scratch directory */
+    char conf[300];             /* config file */
+    char data[300];             /* broker data directory */
+    char frontend[64];          /* tcp://127.0.0.1:PORT */
+    char backend[64];
+    int  mock_port;
+    h_proc_t mock, broker;
+    h_proc_t workers[H_MAX_WORKERS];
+    int  nworkers;
+} harness_t;
+
+/*  A scratch dir and a config: groups "echo" (echo provider) and "gpt"
+    (deployment "mock" on the mock provider). `extra` is appended to the
+    [broker] section (e.g. "heartbeat = 200ms\nliveness = 3\n"). */
+harness_t *h_new (const char *extra_broker);
+/*  Stops everything still running (SIGKILL) and removes the directory. */
+void h_destroy (harness_t **self_p);
+
+/*  Start the mock provider with extra arguments (NULL-terminated list). */
+int  h_start_mock (harness_t *self, const char *const *args);
+/*  Start the broker and wait until it answers PING. */
+int  h_start_broker (harness_t *self, const char *const *args);
+/*  Start a worker; wait until the broker counts `expect` workers (expect
+    < 0: do not wait). Returns the worker's index, or -1. */
+int  h_start_worker (harness_t *self, int slots, int expect);
+
+/*  Signal a process and reap it; returns its exit status (or -1). */
+int  h_stop (h_proc_t *proc, int sig);
+/*  Connect a client to the broker. */
+llmq *h_client (harness_t *self);
+
+/*  Broker statistics, parsed: returns a value by a dotted path such as
+    "worker_count" or "totals.done", or -1. */
+long h_stat (llmq *client, const char *path);
+/*  Wait until h_stat(path) == value, up to timeout_ms. Polls the broker
+    (a request/reply each time), which is the condition itself. */
+bool h_wait_stat (llmq *client, const char *path, long value, int timeout_ms);
+
+/*  Space out two checks of a condition (5 ms). Only between polls of a
+    condition that has its own deadline; never as a wait for readiness. */
+void h_backoff (void);
+
+/*  The mock's counters (GET /mock/stats), by key: -1 on error. */
+long h_mock_stat (harness_t *self, const char *key);
+/*  POST a JSON body to a mock control path, e.g. "/mock/faults". */
+int  h_mock_post (harness_t *self, const char *path, const char *json);
+
+/*  Whole text of a file, or NULL. Caller frees. */
+char *h_slurp (const char *path);
+
+#endif

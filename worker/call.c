@@ -1,0 +1,609 @@
+/*  call.c -- provider calls: the curl side of the worker. See worker_int.h.
+
+    Each slot owns one easy handle for its whole life. Options that never
+    change (callbacks, share handle, HTTP version...) are set once; a new
+    call sets only URL, headers, body and timeouts, so starting a call costs
+    a JSON rebuild of the job body and a few setopt calls.
+
+    Response bodies: a 2xx answer to a streamed job that comes as
+    text/event-stream goes through the SSE parser as it arrives, each
+    content delta leaving at once as a CHUNK. Everything else (non-streamed
+    answers, error bodies, a server that ignored "stream": true) is
+    collected whole, up to S_MAX_BODY, and parsed at the end.
+*/
+#include "worker_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "clock.h"
+#include "log.h"
+
+#define S_MAX_BODY (64u * 1024u * 1024u)
+#define S_KEEP_BUFFER (1024u * 1024u)     /* larger buffers are freed after use */
+#define S_DEFAULT_TIMEOUT_MS 60000
+#define S_DEFAULT_CONNECT_MS 5000
+
+/*  --- messages to the broker ------------------------------------------ */
+
+static void
+s_send_chunk (llmq_worker_t *w, uint64_t id, uint64_t lease, uint32_t *seq,
+              const char *text, size_t len)
+{
+    /*  The codec takes NUL-terminated text; deltas are not. */
+    w->chunk.len = 0;
+    if (llmq_text_add (&w->chunk, text, len)) {
+        llmq_error ("job %llu: out of memory for a chunk", (unsigned long long) id);
+        return;
+    }
+    llmq_msg_t m = { .cmd = LLMQ_CMD_CHUNK, .id = id, .lease = lease, .seq = *seq,
+                     .text = w->chunk.p };
+    llmq_worker_send (w, &m);
+    (*seq)++;
+}
+
+/*  Replace the deployment's API key, should a provider quote it back, in
+    a reason we are about to send. */
+static void
+s_scrub (char *reason, const llmq_deployment_t *dep)
+{
+    const char *key = dep && dep->api_key_env ? getenv (dep->api_key_env) : NULL;
+    size_t klen = key ? strlen (key) : 0;
+    if (klen < 8) {
+        return;
+    }
+    for (char *p; (p = strstr (reason, key)) != NULL; ) {
+        memcpy (p, "***", 3);
+        memmove (p + 3, p + klen, strlen (p + klen) + 1);
+    }
+}
+
+/*  DONE or FAILED (slots=1) for a finished call. */
+static void
+s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deployment_t *dep,
+                llmq_reply_t *reply, long status, uint64_t latency_us,
+                const char *request_id, uint64_t retry_after_ms)
+{
+    const char *rid = request_id && *request_id ? request_id : reply->request_id;
+    llmq_result_t res = {
+        .id = id,
+        .content = reply->content.p ? reply->content.p : "",
+        .finish_reason = reply->finish_reason[0] ? reply->finish_reason : NULL,
+        .deployment = dep ? dep->name : NULL,
+        .request_id = rid[0] ? rid : NULL,
+        .http_status = status > 0 && status < 65536 ? (uint16_t) status : 0,
+        .prompt_tokens = reply->prompt_tokens,
+        .completion_tokens = reply->completion_tokens,
+        .latency_us = latency_us,
+    };
+    llmq_msg_t m = { .id = id, .lease = lease, .slots = 1, .results = &res, .nresults = 1 };
+    if (reply->error_class == LLMQ_EC_NONE) {
+        m.cmd = LLMQ_CMD_DONE;
+        w->ndone++;
+    }
+    else {
+        m.cmd = LLMQ_CMD_FAILED;
+        s_scrub (reply->error, dep);
+        res.error_class = (uint8_t) reply->error_class;
+        res.error = reply->error;
+        if (!reply->content.len) {
+            res.content = NULL;
+        }
+        m.retry_after_ms = retry_after_ms;
+        w->nfailed++;
+        llmq_debug ("job %llu failed on %s: %s (HTTP %ld): %s", (unsigned long long) id,
+                    dep ? dep->name : "?", llmq_error_class_name (reply->error_class),
+                    status, reply->error);
+    }
+    llmq_worker_send (w, &m);
+}
+
+/*  --- curl callbacks -------------------------------------------------- */
+
+static int
+s_on_socket (CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    llmq_worker_t *w = userp;
+    size_t i = 0;
+    while (i < w->nfds && w->fds[i].fd != fd) {
+        i++;
+    }
+    if (what == CURL_POLL_REMOVE) {
+        if (i < w->nfds) {
+            w->fds[i] = w->fds[--w->nfds];
+        }
+        return 0;
+    }
+    short events = (short) (((what & CURL_POLL_IN) ? ZMQ_POLLIN : 0)
+                          | ((what & CURL_POLL_OUT) ? ZMQ_POLLOUT : 0));
+    if (i == w->nfds) {
+        if (w->nfds == w->fds_cap) {
+            size_t cap = w->fds_cap * 2;
+            llmq_watch_t *fds = realloc (w->fds, cap * sizeof *fds);
+            if (!fds) {
+                llmq_error ("out of memory watching curl's sockets");
+                return -1;
+            }
+            w->fds = fds;
+            w->fds_cap = cap;
+        }
+        w->nfds++;
+    }
+    w->fds[i] = (llmq_watch_t) { .fd = fd, .events = events };
+    return 0;
+}
+
+static int
+s_on_timer (CURLM *multi, long timeout_ms, void *userp)
+{
+    llmq_worker_t *w = userp;
+    w->curl_timer_set = true;
+    /*  curl rounds its timeouts down to the ms: add one so that we do not
+        wake before curl's own clock says the timer is due. */
+    w->curl_due_us = timeout_ms < 0 ? -1
+                   : (int64_t) (llmq_mono_us () + (uint64_t) timeout_ms * 1000 + (timeout_ms ? 1000 : 0));
+    return 0;
+}
+
+static size_t
+s_on_header (char *line, size_t size, size_t nitems, void *arg)
+{
+    llmq_call_t *c = arg;
+    size_t n = size * nitems;
+    if (n >= 5 && memcmp (line, "HTTP/", 5) == 0) {
+        /*  A new response (after a 100 Continue, say): forget the last. */
+        c->status_known = false;
+        c->is_sse = false;
+        c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
+        return n;
+    }
+    const char *colon = memchr (line, ':', n);
+    if (!colon) {
+        return n;
+    }
+    size_t nlen = (size_t) (colon - line);
+    const char *v = colon + 1;
+    const char *end = line + n;
+    while (v < end && (*v == ' ' || *v == '\t')) {
+        v++;
+    }
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) {
+        end--;
+    }
+    int vlen = (int) (end - v);
+    if (nlen == 12 && strncasecmp (line, "x-request-id", 12) == 0) {
+        snprintf (c->request_id, sizeof c->request_id, "%.*s", vlen, v);
+    }
+    else if (nlen == 11 && strncasecmp (line, "retry-after", 11) == 0) {
+        snprintf (c->retry_after, sizeof c->retry_after, "%.*s", vlen, v);
+    }
+    else if (nlen == 14 && strncasecmp (line, "retry-after-ms", 14) == 0) {
+        snprintf (c->retry_after_ms, sizeof c->retry_after_ms, "%.*s", vlen, v);
+    }
+    else if (nlen == 12 && strncasecmp (line, "content-type", 12) == 0) {
+        c->is_sse = vlen >= 17 && strncasecmp (v, "text/event-stream", 17) == 0;
+    }
+    return n;
+}
+
+static void
+s_on_delta (void *arg, const char *text, size_t len)
+{
+    llmq_call_t *c = arg;
+    s_send_chunk (c->w, c->id, c->lease, &c->seq, text, len);
+}
+
+static int
+s_on_event (void *arg, const char *event, const char *data, size_t len)
+{
+    llmq_call_t *c = arg;
+    return c->prov->parse_event (event, data, len, &c->reply, s_on_delta, c) ? 1 : 0;
+}
+
+static size_t
+s_on_write (char *data, size_t size, size_t nmemb, void *arg)
+{
+    llmq_call_t *c = arg;
+    size_t n = size * nmemb;
+    if (!c->status_known) {
+        long status = 0;
+        curl_easy_getinfo (c->easy, CURLINFO_RESPONSE_CODE, &status);
+        c->status = status;
+        c->status_known = true;
+    }
+    if (c->stream && c->is_sse && c->status >= 200 && c->status < 300) {
+        if (llmq_sse_feed (c->sse, data, n) != 0) {
+            if (c->reply.error_class == LLMQ_EC_NONE) {
+                llmq_reply_fail (&c->reply, LLMQ_EC_BAD_RESPONSE, "stream event over %u bytes",
+                                 LLMQ_SSE_MAX_EVENT);
+            }
+            return 0;               /* curl ends the transfer: CURLE_WRITE_ERROR */
+        }
+        return n;
+    }
+    if (c->resp.len + n > S_MAX_BODY) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_BAD_RESPONSE, "response body over %u bytes", S_MAX_BODY);
+        return 0;
+    }
+    if (llmq_text_add (&c->resp, data, n)) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "out of memory for the response");
+        return 0;
+    }
+    return n;
+}
+
+/*  --- slots ------------------------------------------------------------ */
+
+static void
+s_release (llmq_call_t *c)
+{
+    llmq_worker_t *w = c->w;
+    c->busy = false;
+    c->next_free = w->free_top;
+    w->free_top = c;
+    w->nfree++;
+}
+
+/*  Report a call that failed before or after its transfer, free its slot. */
+static void
+s_finish (llmq_call_t *c)
+{
+    uint64_t latency = c->start_us ? llmq_mono_us () - c->start_us : 0;
+    uint64_t retry_ms = 0;
+    if (c->reply.error_class != LLMQ_EC_NONE && (c->retry_after[0] || c->retry_after_ms[0])) {
+        retry_ms = llmq_retry_after_ms (c->retry_after[0] ? c->retry_after : NULL,
+                                        c->retry_after_ms[0] ? c->retry_after_ms : NULL,
+                                        time (NULL));
+    }
+    s_send_outcome (c->w, c->id, c->lease, c->dep, &c->reply, c->status, latency,
+                    c->request_id, retry_ms);
+    s_release (c);
+}
+
+int
+llmq_calls_init (llmq_worker_t *w, uint32_t slots)
+{
+    w->nslots = slots ? slots : 1;
+    w->curl_due_us = -1;
+    w->multi = curl_multi_init ();
+    w->share = curl_share_init ();
+    w->calls = calloc (w->nslots, sizeof *w->calls);
+    w->fds_cap = (size_t) w->nslots * 2 + 8;
+    w->fds = calloc (w->fds_cap, sizeof *w->fds);
+    size_t ndeps = w->cfg->ndeployments ? w->cfg->ndeployments : 1;
+    w->eps = calloc (ndeps, sizeof *w->eps);
+    w->ep_ready = calloc (ndeps, sizeof *w->ep_ready);
+    if (!w->multi || !w->share || !w->calls || !w->fds || !w->eps || !w->ep_ready) {
+        return -1;
+    }
+    curl_share_setopt (w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt (w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt (w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl_multi_setopt (w->multi, CURLMOPT_SOCKETFUNCTION, s_on_socket);
+    curl_multi_setopt (w->multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt (w->multi, CURLMOPT_TIMERFUNCTION, s_on_timer);
+    curl_multi_setopt (w->multi, CURLMOPT_TIMERDATA, w);
+    /*  Keep an idle connection per slot (curl's default, 4 per handle in
+        use, would close them whenever the load dips). */
+    curl_multi_setopt (w->multi, CURLMOPT_MAXCONNECTS, (long) w->nslots + 16);
+    for (uint32_t i = 0; i < w->nslots; i++) {
+        llmq_call_t *c = &w->calls[i];
+        c->w = w;
+        c->easy = curl_easy_init ();
+        c->sse = llmq_sse_new (s_on_event, c);
+        if (!c->easy || !c->sse) {
+            return -1;
+        }
+        CURL *e = c->easy;
+        curl_easy_setopt (e, CURLOPT_PRIVATE, c);
+        curl_easy_setopt (e, CURLOPT_WRITEFUNCTION, s_on_write);
+        curl_easy_setopt (e, CURLOPT_WRITEDATA, c);
+        curl_easy_setopt (e, CURLOPT_HEADERFUNCTION, s_on_header);
+        curl_easy_setopt (e, CURLOPT_HEADERDATA, c);
+        curl_easy_setopt (e, CURLOPT_ERRORBUFFER, c->errbuf);
+        curl_easy_setopt (e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt (e, CURLOPT_SHARE, w->share);
+        curl_easy_setopt (e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt (e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt (e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt (e, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt (e, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt (e, CURLOPT_USERAGENT, "llmq-worker/" LLMQ_WORKER_VERSION);
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt (e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+        curl_easy_setopt (e, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+        c->next_free = w->free_top;
+        w->free_top = c;
+        w->nfree++;
+    }
+    return 0;
+}
+
+void
+llmq_calls_fini (llmq_worker_t *w)
+{
+    if (w->calls) {
+        for (uint32_t i = 0; i < w->nslots; i++) {
+            llmq_call_t *c = &w->calls[i];
+            if (c->busy && w->multi) {
+                curl_multi_remove_handle (w->multi, c->easy);
+            }
+            if (c->easy) {
+                curl_easy_cleanup (c->easy);
+            }
+            llmq_sse_destroy (&c->sse);
+            llmq_text_free (&c->req);
+            llmq_text_free (&c->resp);
+            llmq_reply_free (&c->reply);
+        }
+        free (w->calls);
+        w->calls = NULL;
+    }
+    if (w->multi) {
+        curl_multi_cleanup (w->multi);
+        w->multi = NULL;
+    }
+    if (w->share) {
+        curl_share_cleanup (w->share);
+        w->share = NULL;
+    }
+    if (w->eps) {
+        for (size_t i = 0; i < w->cfg->ndeployments; i++) {
+            llmq_endpoint_free (&w->eps[i]);
+        }
+    }
+    free (w->eps);
+    free (w->ep_ready);
+    free (w->fds);
+    w->eps = NULL;
+    w->ep_ready = NULL;
+    w->fds = NULL;
+    llmq_reply_free (&w->scratch);
+    llmq_text_free (&w->chunk);
+}
+
+/*  The cached endpoint of `dep`, built at first use; NULL (reply failed)
+    if the adapter cannot build it. */
+static const llmq_endpoint_t *
+s_endpoint (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deployment_t *dep,
+            llmq_reply_t *reply)
+{
+    size_t i = 0;
+    while (i < w->cfg->ndeployments && &w->cfg->deployments[i] != dep
+           && strcmp (w->cfg->deployments[i].name, dep->name) != 0) {
+        i++;
+    }
+    if (i == w->cfg->ndeployments) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "deployment not in the configuration");
+        return NULL;
+    }
+    if (!w->ep_ready[i]) {
+        if (prov->endpoint (dep, &w->eps[i], reply) != 0) {
+            return NULL;
+        }
+        w->ep_ready[i] = true;
+    }
+    return &w->eps[i];
+}
+
+void
+llmq_call_start (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deployment_t *dep,
+                 const llmq_job_t *job, uint64_t timeout_ms)
+{
+    llmq_call_t *c = w->free_top;
+    w->free_top = c->next_free;
+    w->nfree--;
+    c->busy = true;
+    c->id = job->id;
+    c->lease = job->lease;
+    c->dep = dep;
+    c->prov = prov;
+    c->stream = job->stream;
+    c->status_known = false;
+    c->is_sse = false;
+    c->status = 0;
+    c->seq = 0;
+    c->start_us = 0;
+    /*  A rare huge body should not pin its memory to the slot for good. */
+    if (c->resp.cap > S_KEEP_BUFFER) {
+        llmq_text_free (&c->resp);
+    }
+    if (c->req.cap > S_KEEP_BUFFER) {
+        llmq_text_free (&c->req);
+    }
+    c->resp.len = 0;
+    c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
+    c->errbuf[0] = '\0';
+    llmq_reply_reset (&c->reply);
+    llmq_sse_reset (c->sse);
+
+    const llmq_endpoint_t *ep = s_endpoint (w, prov, dep, &c->reply);
+    if (!ep || prov->build (dep, job, &c->req, &c->reply) != 0) {
+        s_finish (c);
+        return;
+    }
+    if (!timeout_ms) {
+        timeout_ms = dep->timeout_ms ? dep->timeout_ms : S_DEFAULT_TIMEOUT_MS;
+    }
+    uint64_t connect_ms = dep->connect_timeout_ms ? dep->connect_timeout_ms : S_DEFAULT_CONNECT_MS;
+    CURL *e = c->easy;
+    curl_easy_setopt (e, CURLOPT_URL, ep->url);
+    curl_easy_setopt (e, CURLOPT_HTTPHEADER, ep->headers);
+    curl_easy_setopt (e, CURLOPT_POSTFIELDS, c->req.p);
+    curl_easy_setopt (e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) c->req.len);
+    curl_easy_setopt (e, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
+    curl_easy_setopt (e, CURLOPT_CONNECTTIMEOUT_MS, (long) connect_ms);
+    c->start_us = llmq_mono_us ();
+    CURLMcode mrc = curl_multi_add_handle (w->multi, e);
+    if (mrc != CURLM_OK) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "cannot start the call: %s",
+                         curl_multi_strerror (mrc));
+        s_finish (c);
+    }
+}
+
+/*  A server that streams without saying text/event-stream: its body was
+    collected whole, and is parsed as a stream now. */
+static bool
+s_looks_like_sse (const llmq_text_t *body)
+{
+    return body->len >= 5 && (memcmp (body->p, "data:", 5) == 0 || body->p[0] == ':');
+}
+
+/*  A transfer curl finished, well or not. */
+static void
+s_done (llmq_call_t *c, CURLcode rc)
+{
+    curl_multi_remove_handle (c->w->multi, c->easy);
+    if (!c->status_known) {
+        long status = 0;
+        curl_easy_getinfo (c->easy, CURLINFO_RESPONSE_CODE, &status);
+        c->status = status;
+    }
+    llmq_reply_t *r = &c->reply;
+    if (rc != CURLE_OK) {
+        if (r->error_class == LLMQ_EC_NONE) {
+            llmq_reply_fail (r, llmq_transport_error_class (rc, c->seq > 0), "%s",
+                             c->errbuf[0] ? c->errbuf : curl_easy_strerror (rc));
+        }
+    }
+    else if (c->status < 200 || c->status >= 300) {
+        c->prov->classify (c->status, c->resp.p, c->resp.len, r);
+    }
+    else if (c->stream && (c->is_sse || s_looks_like_sse (&c->resp))) {
+        if (!c->is_sse && llmq_sse_feed (c->sse, c->resp.p, c->resp.len) != 0
+            && r->error_class == LLMQ_EC_NONE) {
+            llmq_reply_fail (r, LLMQ_EC_BAD_RESPONSE, "stream event over %u bytes", LLMQ_SSE_MAX_EVENT);
+        }
+        if (r->error_class == LLMQ_EC_NONE && !r->finished && !llmq_sse_done (c->sse)) {
+            if (c->seq > 0) {
+                llmq_reply_fail (r, LLMQ_EC_STREAM_BROKEN, "stream ended before the answer did");
+            }
+            else {
+                llmq_reply_fail (r, LLMQ_EC_BAD_RESPONSE, "stream ended without an answer");
+            }
+        }
+    }
+    else if (c->prov->parse_response (c->resp.p ? c->resp.p : "", c->resp.len, r) == 0
+             && c->stream && r->content.len > 0) {
+        /*  Asked to stream, answered in one piece: one chunk. */
+        s_send_chunk (c->w, c->id, c->lease, &c->seq, r->content.p, r->content.len);
+    }
+    if (c->seq > 0 && llmq_error_class_retryable (r->error_class)) {
+        /*  Part of the answer already reached the client (an error event or
+            a bad event mid-stream): a retry would start it over, so the
+            stream is reported broken, with the reason kept. */
+        r->error_class = LLMQ_EC_STREAM_BROKEN;
+    }
+    s_finish (c);
+}
+
+void
+llmq_calls_collect (llmq_worker_t *w)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read (w->multi, &left)) != NULL) {
+        if (msg->msg == CURLMSG_DONE) {
+            llmq_call_t *c = NULL;
+            curl_easy_getinfo (msg->easy_handle, CURLINFO_PRIVATE, (char **) &c);
+            if (c) {
+                s_done (c, msg->data.result);
+            }
+        }
+    }
+}
+
+void
+llmq_calls_socket_ready (llmq_worker_t *w, int fd, short revents)
+{
+    int ev = ((revents & ZMQ_POLLIN) ? CURL_CSELECT_IN : 0)
+           | ((revents & ZMQ_POLLOUT) ? CURL_CSELECT_OUT : 0)
+           | ((revents & ZMQ_POLLERR) ? CURL_CSELECT_ERR : 0);
+    int running;
+    curl_multi_socket_action (w->multi, fd, ev, &running);
+}
+
+void
+llmq_calls_timeout (llmq_worker_t *w)
+{
+    /*  curl calls the timer callback only when its next timeout changes.
+        If it does not (we woke a hair before curl's own clock says the
+        timer is due), keep the old deadline so that it fires again. */
+    int64_t due = w->curl_due_us;
+    w->curl_timer_set = false;
+    int running;
+    curl_multi_socket_action (w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    if (!w->curl_timer_set) {
+        w->curl_due_us = due;
+    }
+}
+
+llmq_call_t *
+llmq_call_find (llmq_worker_t *w, uint64_t id, uint64_t lease)
+{
+    for (uint32_t i = 0; i < w->nslots; i++) {
+        llmq_call_t *c = &w->calls[i];
+        if (c->busy && c->id == id && c->lease == lease) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+void
+llmq_call_abort (llmq_call_t *c, int ec, const char *reason, bool report)
+{
+    curl_multi_remove_handle (c->w->multi, c->easy);
+    if (report) {
+        llmq_reply_fail (&c->reply, ec, "%s", reason);
+        s_finish (c);
+    }
+    else {
+        s_release (c);
+    }
+}
+
+uint32_t
+llmq_calls_abort_all (llmq_worker_t *w)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < w->nslots; i++) {
+        if (w->calls[i].busy) {
+            llmq_call_abort (&w->calls[i], LLMQ_EC_CANCELLED, "worker stopping", false);
+            n++;
+        }
+    }
+    return n;
+}
+
+/*  --- local providers ------------------------------------------------- */
+
+typedef struct {
+    llmq_worker_t *w;
+    uint64_t id;
+    uint64_t lease;
+    uint32_t seq;
+} s_local_t;
+
+static void
+s_on_local_delta (void *arg, const char *text, size_t len)
+{
+    s_local_t *l = arg;
+    s_send_chunk (l->w, l->id, l->lease, &l->seq, text, len);
+}
+
+void
+llmq_call_answer (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deployment_t *dep,
+                  const llmq_job_t *job)
+{
+    uint64_t start = llmq_mono_us ();
+    s_local_t l = { .w = w, .id = job->id, .lease = job->lease };
+    llmq_reply_reset (&w->scratch);
+    prov->answer (dep, job, &w->scratch, s_on_local_delta, &l);
+    s_send_outcome (w, job->id, job->lease, dep, &w->scratch, 0, llmq_mono_us () - start, NULL, 0);
+}

@@ -1,0 +1,288 @@
+/*  provider.c -- the adapter registry and the helpers adapters share:
+    text buffers, replies, error classes, Retry-After. See provider.h.
+*/
+#include "provider.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/*  The registry: one X(name) per adapter, defined in provider_NAME.c as
+    `const llmq_provider_t llmq_provider_NAME`. */
+#define LLMQ_PROVIDERS(X) \
+    X(openai)             \
+    X(echo)
+
+#define S_DECLARE(name) extern const llmq_provider_t llmq_provider_##name;
+#define S_ENTRY(name)   &llmq_provider_##name,
+LLMQ_PROVIDERS (S_DECLARE)
+static const llmq_provider_t *const s_providers[] = { LLMQ_PROVIDERS (S_ENTRY) NULL };
+
+const llmq_provider_t *
+llmq_provider_find (const char *name)
+{
+    for (size_t i = 0; name && s_providers[i]; i++) {
+        if (strcmp (s_providers[i]->name, name) == 0) {
+            return s_providers[i];
+        }
+    }
+    return NULL;
+}
+
+/*  --- text ------------------------------------------------------------- */
+
+int
+llmq_text_reserve (llmq_text_t *t, size_t n)
+{
+    if (n + 1 <= t->cap) {
+        return 0;
+    }
+    size_t cap = t->cap ? t->cap : 256;
+    while (cap < n + 1) {
+        cap *= 2;
+    }
+    char *p = realloc (t->p, cap);
+    if (!p) {
+        return -1;
+    }
+    t->p = p;
+    t->cap = cap;
+    return 0;
+}
+
+int
+llmq_text_add (llmq_text_t *t, const char *s, size_t n)
+{
+    if (llmq_text_reserve (t, t->len + n)) {
+        return -1;
+    }
+    if (n) {
+        memcpy (t->p + t->len, s, n);
+    }
+    t->len += n;
+    t->p[t->len] = '\0';
+    return 0;
+}
+
+void
+llmq_text_free (llmq_text_t *t)
+{
+    free (t->p);
+    t->p = NULL;
+    t->len = t->cap = 0;
+}
+
+/*  --- replies ---------------------------------------------------------- */
+
+void
+llmq_reply_reset (llmq_reply_t *r)
+{
+    r->content.len = 0;
+    if (r->content.p) {
+        r->content.p[0] = '\0';
+    }
+    r->finish_reason[0] = '\0';
+    r->request_id[0] = '\0';
+    r->prompt_tokens = r->completion_tokens = 0;
+    r->finished = false;
+    r->error_class = LLMQ_EC_NONE;
+    r->error[0] = '\0';
+}
+
+void
+llmq_reply_free (llmq_reply_t *r)
+{
+    llmq_text_free (&r->content);
+}
+
+/*  Mask anything that looks like an OpenAI-style secret ("sk-...") in
+    place: providers echo part of a wrong key in their 401 messages. */
+static void
+s_mask_keys (char *s)
+{
+    for (char *p = s; (p = strstr (p, "sk-")) != NULL; ) {
+        bool word_start = p == s || !isalnum ((unsigned char) p[-1]);
+        char *q = p + 3;
+        if (word_start) {
+            char *e = q;
+            while (*e && (isalnum ((unsigned char) *e) || *e == '-' || *e == '_'
+                          || *e == '*')) {
+                e++;
+            }
+            size_t n = (size_t) (e - q);
+            if (n >= 3) {
+                memcpy (q, "***", 3);
+                memmove (q + 3, e, strlen (e) + 1);
+                q += 3;
+            }
+            else {
+                memset (q, '*', n);
+                q += n;
+            }
+        }
+        p = q;
+    }
+}
+
+int
+llmq_reply_fail (llmq_reply_t *r, int error_class, const char *fmt, ...)
+{
+    r->error_class = error_class;
+    va_list ap;
+    va_start (ap, fmt);
+    vsnprintf (r->error, sizeof r->error, fmt, ap);
+    va_end (ap);
+    s_mask_keys (r->error);
+    return -1;
+}
+
+void
+llmq_reply_set_finish (llmq_reply_t *r, const char *finish_reason)
+{
+    snprintf (r->finish_reason, sizeof r->finish_reason, "%s", finish_reason ? finish_reason : "");
+    r->finished = true;
+}
+
+void
+llmq_reply_set_request_id (llmq_reply_t *r, const char *request_id)
+{
+    snprintf (r->request_id, sizeof r->request_id, "%s", request_id ? request_id : "");
+}
+
+void
+llmq_endpoint_free (llmq_endpoint_t *ep)
+{
+    free (ep->url);
+    ep->url = NULL;
+    curl_slist_free_all (ep->headers);
+    ep->headers = NULL;
+}
+
+/*  --- classification --------------------------------------------------- */
+
+int
+llmq_http_error_class (long status)
+{
+    switch (status) {
+        case 401: case 403: return LLMQ_EC_AUTH;
+        case 408:           return LLMQ_EC_TIMEOUT;
+        case 409:           return LLMQ_EC_SERVER;
+        case 429: case 529: return LLMQ_EC_RATE_LIMITED;
+        default: break;
+    }
+    if (status >= 400 && status < 500) {
+        return LLMQ_EC_INVALID_REQUEST;
+    }
+    if (status >= 500 && status < 600) {
+        return LLMQ_EC_SERVER;
+    }
+    return LLMQ_EC_BAD_RESPONSE;
+}
+
+int
+llmq_transport_error_class (int curlcode, bool streamed)
+{
+    switch ((CURLcode) curlcode) {
+        case CURLE_OK:
+            return LLMQ_EC_NONE;
+        case CURLE_OPERATION_TIMEDOUT:
+            return streamed ? LLMQ_EC_STREAM_BROKEN : LLMQ_EC_TIMEOUT;
+        case CURLE_URL_MALFORMAT:
+        case CURLE_UNSUPPORTED_PROTOCOL:
+        case CURLE_NOT_BUILT_IN:
+        case CURLE_BAD_FUNCTION_ARGUMENT:
+        case CURLE_UNKNOWN_OPTION:
+        case CURLE_OUT_OF_MEMORY:
+        case CURLE_WRITE_ERROR:         /* our own write callback refused */
+        case CURLE_ABORTED_BY_CALLBACK:
+            return LLMQ_EC_INTERNAL;
+        case CURLE_TOO_MANY_REDIRECTS:
+        case CURLE_BAD_CONTENT_ENCODING:
+        case CURLE_WEIRD_SERVER_REPLY:
+            return streamed ? LLMQ_EC_STREAM_BROKEN : LLMQ_EC_BAD_RESPONSE;
+        default:
+            /*  Resolve, connect, TLS, send, receive, reset, partial body. */
+            return streamed ? LLMQ_EC_STREAM_BROKEN : LLMQ_EC_CONNECTION;
+    }
+}
+
+#define S_RETRY_CAP_MS (24ull * 3600 * 1000)
+
+/*  A non-negative decimal number filling the whole string (spaces around
+    allowed), scaled to ms; -1 if not one. */
+static double
+s_number (const char *s, double scale)
+{
+    while (*s == ' ' || *s == '\t') {
+        s++;
+    }
+    if (!isdigit ((unsigned char) *s) && *s != '.') {
+        return -1;
+    }
+    char *end;
+    double v = strtod (s, &end);
+    while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
+        end++;
+    }
+    if (end == s || *end != '\0' || !isfinite (v) || v < 0) {
+        return -1;
+    }
+    return v * scale;
+}
+
+uint64_t
+llmq_retry_after_ms (const char *retry_after, const char *retry_ms, time_t now)
+{
+    double ms = -1;
+    if (retry_ms) {
+        ms = s_number (retry_ms, 1);
+    }
+    if (ms < 0 && retry_after) {
+        ms = s_number (retry_after, 1000);
+        if (ms < 0) {
+            /*  HTTP date (RFC 9110 IMF-fixdate): "Sun, 06 Nov 1994 08:49:37 GMT". */
+            struct tm tm;
+            memset (&tm, 0, sizeof tm);
+            const char *s = retry_after;
+            while (*s == ' ') {
+                s++;
+            }
+            const char *end = strptime (s, "%a, %d %b %Y %H:%M:%S", &tm);
+            if (end) {
+                while (*end == ' ') {
+                    end++;
+                }
+                if (strncasecmp (end, "GMT", 3) == 0) {
+                    time_t at = timegm (&tm);
+                    ms = at > now ? (double) (at - now) * 1000.0 : 0;
+                }
+            }
+        }
+    }
+    if (ms <= 0) {
+        return 0;
+    }
+    if (ms >= (double) S_RETRY_CAP_MS) {
+        return S_RETRY_CAP_MS;
+    }
+    return (uint64_t) ceil (ms);
+}
+
+uint32_t
+llmq_count_words (const char *s, size_t len)
+{
+    uint32_t n = 0;
+    bool in_word = false;
+    for (size_t i = 0; i < len; i++) {
+        bool space = isspace ((unsigned char) s[i]) != 0;
+        if (!space && !in_word) {
+            n++;
+        }
+        in_word = !space;
+    }
+    return n;
+}

@@ -1,0 +1,144 @@
+/*  provider.h -- the interface every provider adapter implements, and the
+    helpers they share.
+
+    An adapter turns a job (OpenAI chat.completions JSON, the one shape
+    clients submit) into the provider's HTTP request, and the provider's
+    answer -- a JSON body, a stream of SSE events, or an error -- back into
+    an llmq_reply_t. The worker (worker.c) owns everything else: sockets,
+    curl handles, timeouts, headers such as Retry-After and x-request-id,
+    and the messages to the broker. Adapters hold no state between calls and
+    never see the network, so each one is tested from fixtures alone.
+
+    Adding a provider: write provider_NAME.c defining
+    `const llmq_provider_t llmq_provider_NAME`, add X(NAME) to LLMQ_PROVIDERS
+    in provider.c and the file to worker/CMakeLists.txt.
+
+    Secrets: adapters read an API key only in `endpoint` (to build the
+    header) and never put one in a reply, a log line or an error text.
+*/
+#ifndef LLMQ_PROVIDER_H
+#define LLMQ_PROVIDER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <curl/curl.h>
+
+#include "codec.h"
+#include "config.h"
+
+/*  Growable text buffer, NUL-terminated once anything was added. */
+typedef struct {
+    char  *p;
+    size_t len;                 /* bytes used, excluding the NUL */
+    size_t cap;                 /* bytes allocated */
+} llmq_text_t;
+
+int  llmq_text_add (llmq_text_t *t, const char *s, size_t n);
+/*  Make room for at least `n` bytes in total (len unchanged). */
+int  llmq_text_reserve (llmq_text_t *t, size_t n);
+void llmq_text_free (llmq_text_t *t);
+
+/*  Everything an adapter learned from one call. Fixed-size fields so that
+    a reply reused from call to call costs no allocation. */
+typedef struct {
+    llmq_text_t content;        /* assistant text (partial on a broken stream) */
+    char     finish_reason[32]; /* "stop", "length", ... ("" if not given) */
+    char     request_id[128];   /* provider's id for the answer ("" if none) */
+    uint32_t prompt_tokens;
+    uint32_t completion_tokens;
+    bool     finished;          /* a finish_reason arrived: the answer is whole */
+    int      error_class;       /* llmq_error_class; LLMQ_EC_NONE while fine */
+    char     error[256];        /* short reason when error_class is set */
+} llmq_reply_t;
+
+/*  Empty the reply for the next call; keeps the content buffer. */
+void llmq_reply_reset (llmq_reply_t *r);
+void llmq_reply_free (llmq_reply_t *r);
+/*  Set error_class and a formatted reason (cut to fit, "sk-..." tokens
+    masked). Returns -1 so adapters can `return llmq_reply_fail (...)`. */
+int  llmq_reply_fail (llmq_reply_t *r, int error_class, const char *fmt, ...)
+     __attribute__((format(printf, 3, 4)));
+void llmq_reply_set_finish (llmq_reply_t *r, const char *finish_reason);
+void llmq_reply_set_request_id (llmq_reply_t *r, const char *request_id);
+
+/*  Fixed parts of every request to one deployment, built once. */
+typedef struct {
+    char *url;                  /* full URL of the call (malloc'd) */
+    struct curl_slist *headers; /* request headers, may hold the API key */
+} llmq_endpoint_t;
+
+void llmq_endpoint_free (llmq_endpoint_t *ep);
+
+/*  Streamed text for the client, in order. `text` is not NUL-terminated. */
+typedef void (llmq_delta_fn) (void *arg, const char *text, size_t len);
+
+typedef struct {
+    const char *name;           /* value of `provider =` in a [deployment] */
+
+    /*  Providers that answer without HTTP (echo) set `answer` only: fill the
+        reply (or fail it) and, for a streamed job, emit the text as deltas.
+        Returns 0, or -1 with reply->error_class set. */
+    int  (*answer) (const llmq_deployment_t *dep, const llmq_job_t *job,
+                    llmq_reply_t *reply, llmq_delta_fn *emit, void *arg);
+
+    /*  HTTP providers set the rest. */
+    /*  URL and headers for `dep` (the API key is read here). Returns 0, or
+        -1 with reply->error_class set (INTERNAL for a bad deployment, AUTH
+        when the key's environment variable is not set). */
+    int  (*endpoint) (const llmq_deployment_t *dep, llmq_endpoint_t *ep,
+                      llmq_reply_t *reply);
+    /*  Request body for `job` into `body` (emptied first). Returns 0, or -1
+        with reply->error_class set (INVALID_REQUEST for a bad job body). */
+    int  (*build) (const llmq_deployment_t *dep, const llmq_job_t *job,
+                   llmq_text_t *body, llmq_reply_t *reply);
+    /*  A whole 2xx body of a non-streamed call. Returns 0, or -1 with
+        reply->error_class set (BAD_RESPONSE when unparseable). */
+    int  (*parse_response) (const char *body, size_t len, llmq_reply_t *reply);
+    /*  One SSE event of a streamed call (data NUL-terminated). Appends the
+        text to reply->content and emits it. Returns 0, or -1 with
+        reply->error_class set (an error event, an unparseable event). */
+    int  (*parse_event) (const char *event, const char *data, size_t len,
+                         llmq_reply_t *reply, llmq_delta_fn *emit, void *arg);
+    /*  A non-2xx answer: sets reply->error_class and reply->error from the
+        status and the body (whatever it holds). */
+    void (*classify) (long status, const char *body, size_t len, llmq_reply_t *reply);
+} llmq_provider_t;
+
+/*  The adapter named `name`, or NULL. */
+const llmq_provider_t *llmq_provider_find (const char *name);
+
+/*  Error class of an HTTP status that is not 2xx:
+        400, 404, 413, 422, other 4xx  -> INVALID_REQUEST
+        401, 403                       -> AUTH
+        408                            -> TIMEOUT
+        409                            -> SERVER (a conflict: retry)
+        429, 529                       -> RATE_LIMITED
+        other 5xx                      -> SERVER
+        anything else (1xx, 3xx, 0)    -> BAD_RESPONSE  */
+int  llmq_http_error_class (long status);
+
+/*  Error class of a curl transport failure (a CURLcode):
+        timeout                               -> TIMEOUT
+        resolve, connect, TLS, reset, partial -> CONNECTION
+        bad URL or option, our write refusal  -> INTERNAL
+        weird reply, bad encoding, redirects  -> BAD_RESPONSE
+    `streamed`: chunks of this attempt already reached the client, so a
+    cut or timed-out transfer is STREAM_BROKEN instead (not retried: the
+    client holds part of the answer). */
+int  llmq_transport_error_class (int curlcode, bool streamed);
+
+/*  Milliseconds to wait from the headers of a refused call: `retry_ms` is
+    the value of retry-after-ms (a number of ms, maybe fractional),
+    `retry_after` the value of Retry-After (delta seconds, maybe fractional,
+    or an HTTP date, compared with `now`). Either may be NULL. retry-after-ms
+    wins when valid. Returns 0 when neither gives a usable value. Values are
+    capped at one day. */
+uint64_t llmq_retry_after_ms (const char *retry_after, const char *retry_ms, time_t now);
+
+/*  Words (runs of non-space bytes) in `s`. */
+uint32_t llmq_count_words (const char *s, size_t len);
+
+#endif
