@@ -62,6 +62,8 @@ struct llmq_broker {
     s_out_t *out;                   /* messages to send after the commit */
     size_t nout, outcap;
     llmq_arena_t *arena;            /* decoded messages of the current turn */
+    zlistx_t *deferred;             /* s_out_t*: messages that did not fit in the store, retried next turn */
+    size_t out_mark;                /* outbox size at the open savepoint */
     uint64_t next_tick_ms, next_heartbeat_ms;
     bool full;                      /* store refuses submits */
     /* Totals since start, for stats. */
@@ -171,6 +173,62 @@ s_flush (llmq_broker_t *self)
     self->nout = 0;
 }
 
+/*  A savepoint covers the store and the messages queued since. Used for
+    every write when the store is tight (and always for SUBMIT): a write
+    that does not fit is undone alone and its message retried next turn,
+    after the commit has freed pages or the map has grown. */
+static bool
+s_save (llmq_broker_t *self, bool always)
+{
+    if (!always && !llmq_store_tight (self->store)) {
+        return false;
+    }
+    if (llmq_store_save (self->store)) {
+        return false;
+    }
+    self->out_mark = self->nout;
+    return true;
+}
+
+static void
+s_rollback (llmq_broker_t *self, bool saved)
+{
+    if (!saved) {
+        return;
+    }
+    llmq_store_rollback (self->store);
+    while (self->nout > self->out_mark) {
+        zmsg_destroy (&self->out[--self->nout].msg);
+    }
+}
+
+/*  Returns the store's answer to committing the savepoint (0 if none). */
+static int
+s_release (llmq_broker_t *self, bool saved)
+{
+    if (!saved) {
+        return 0;
+    }
+    int rc = llmq_store_release (self->store);
+    if (rc) {
+        while (self->nout > self->out_mark) {
+            zmsg_destroy (&self->out[--self->nout].msg);
+        }
+    }
+    return rc;
+}
+
+static void
+s_defer (llmq_broker_t *self, zsock_t *sock, zframe_t **from, zmsg_t **msg)
+{
+    zmsg_prepend (*msg, from);
+    s_out_t *d = (s_out_t *) malloc (sizeof *d);
+    d->sock = sock;
+    d->msg = *msg;
+    *msg = NULL;
+    zlistx_add_end (self->deferred, d);
+}
+
 static void
 s_reply_error (llmq_broker_t *self, zsock_t *sock, zframe_t *to, uint64_t corr, int cmd, int code,
                const char *reason)
@@ -235,7 +293,8 @@ s_is_final (int state)
    Clients
    ------------------------------------------------------------------------ */
 
-static void
+/*  Returns true if the message must be retried next turn. */
+static bool
 s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
 {
     for (size_t i = 0; i < m->njobs; i++) {
@@ -265,38 +324,38 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
             r.reason = bad;
             r.index = (int64_t) i;
             s_send (self, self->frontend, from, &r);
-            return;
+            return false;
         }
     }
     if (self->full) {
         s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, LLMQ_ERR_STORE_FULL,
                        "broker store is full: new jobs are refused until results expire or its size limit is raised");
-        return;
+        return false;
     }
     uint64_t *ids = (uint64_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *ids);
     uint8_t *dups = (uint8_t *) llmq_arena_alloc (self->arena, m->njobs);
+    int rc = llmq_store_submit_all (self->store, m->jobs, m->njobs, now, dups);
+    if (rc == LLMQ_ERR_STORE_FULL && llmq_store_can_grow (self->store)) {
+        llmq_store_want_grow (self->store);
+        return true;                /* retried after the map has grown */
+    }
+    if (rc) {
+        s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, rc,
+                       rc == LLMQ_ERR_STORE_FULL
+                       ? "broker store is full: new jobs are refused until results expire or its size limit is raised"
+                       : "broker store error");
+        return false;
+    }
     bool any_dup = false;
     for (size_t i = 0; i < m->njobs; i++) {
         llmq_job_t *job = &m->jobs[i];
-        job->id = 0;
-        bool dup = false;
-        int rc = llmq_store_submit (self->store, job, now, &dup);
-        if (rc) {
-            /* Only the first job can fail here (space is checked up front);
-               a failure later in the batch leaves the transaction broken and
-               the commit fails, so nothing of it is acknowledged. */
-            s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, rc,
-                           rc == LLMQ_ERR_STORE_FULL ? "broker store is full" : "broker store error");
-            return;
-        }
         ids[i] = job->id;
-        dups[i] = dup;
-        any_dup |= dup;
-        if (!dup) {
+        any_dup |= dups[i];
+        if (!dups[i]) {
             self->n_submitted++;
         }
         if (m->notify) {
-            if (dup) {
+            if (dups[i]) {
                 llmq_result_t res;
                 if (llmq_store_status (self->store, job->id, &res, self->arena) == 0 && s_is_final (res.state)) {
                     llmq_msg_t r = { 0 };
@@ -317,6 +376,7 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
     r.nids = m->njobs;
     r.dups = any_dup ? dups : NULL;
     s_send (self, self->frontend, from, &r);
+    return false;
 }
 
 static void
@@ -508,12 +568,15 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     free (text);
 }
 
-static void
-s_on_client (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
+/*  Handles one client message. Returns true if it was kept for the next
+    turn (then *msg_p is NULL and the broker owns it in `deferred`). */
+static bool
+s_on_client (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
 {
+    zmsg_t *msg = *msg_p;
     zframe_t *from = zmsg_pop (msg);
     if (!from) {
-        return;
+        return false;
     }
     llmq_msg_t m;
     char why[256];
@@ -523,10 +586,15 @@ s_on_client (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
         llmq_warn ("client %s: refused message: %s", zframe_strhex (from), why);
         s_reply_error (self, self->frontend, from, m.corr, LLMQ_CMD_ERROR, rc, why);
         zframe_destroy (&from);
-        return;
+        return false;
     }
     switch (m.cmd) {
-        case LLMQ_CMD_SUBMIT: s_client_submit (self, from, &m, now); break;
+        case LLMQ_CMD_SUBMIT:
+            if (s_client_submit (self, from, &m, now)) {
+                s_defer (self, self->frontend, &from, msg_p);
+                return true;
+            }
+            break;
         case LLMQ_CMD_CANCEL: s_client_cancel (self, from, &m, now); break;
         case LLMQ_CMD_STATUS: s_client_status (self, from, &m); break;
         case LLMQ_CMD_WAIT:   s_client_wait (self, from, &m); break;
@@ -546,6 +614,7 @@ s_on_client (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
             break;
     }
     zframe_destroy (&from);
+    return false;
 }
 
 /* ------------------------------------------------------------------------
@@ -607,18 +676,20 @@ s_backoff_us (const llmq_config_t *c, uint32_t attempts, uint64_t retry_after_ms
     return ms * 1000;
 }
 
-static void
+/*  Returns true if the report must be retried next turn (no space). */
+static bool
 s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now)
 {
-    if (w) {
-        w->credit += m->slots;
-    }
     s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, U64_KEY (m->id));
     if (!l || l->lease != m->lease) {
         llmq_debug ("job %llu: stale %s for lease %llu dropped", (unsigned long long) m->id,
                     llmq_cmd_name (m->cmd), (unsigned long long) m->lease);
-        return;
+        if (w) {
+            w->credit += m->slots;
+        }
+        return false;
     }
+    bool saved = s_save (self, false);
     llmq_result_t *res = &m->results[0];
     llmq_result_t final;
     int rc;
@@ -650,6 +721,19 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         rc = llmq_store_complete (self->store, m->id, m->lease, res, now, &final, self->arena);
         ended = rc == 0;
     }
+    /* Dead-lettering (JOB_FAILED) is a write too. */
+    bool written = rc == 0 || rc == LLMQ_ERR_JOB_FAILED;
+    int saved_rc = written ? s_release (self, saved) : (s_rollback (self, saved), rc);
+    if (saved_rc == LLMQ_ERR_STORE_FULL) {
+        return true;                /* undone; retried next turn */
+    }
+    if (written && saved_rc) {
+        rc = saved_rc;
+        ended = false;
+    }
+    if (w) {
+        w->credit += m->slots;
+    }
     if (l->worker) {
         l->worker->running--;
     }
@@ -657,10 +741,11 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
     if (ended) {
         s_push_result (self, &final);
     }
-    else if (rc && rc != LLMQ_ERR_STATE) {
+    else if (rc && rc != LLMQ_ERR_STATE && rc != LLMQ_ERR_JOB_FAILED) {
         llmq_error ("job %llu: cannot record %s: %s", (unsigned long long) m->id, llmq_cmd_name (m->cmd),
                     llmq_strerror (rc));
     }
+    return false;
 }
 
 static void
@@ -681,12 +766,14 @@ s_worker_chunk (llmq_broker_t *self, llmq_msg_t *m)
     }
 }
 
-static void
-s_on_worker (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
+/*  As s_on_client, for the worker socket. */
+static bool
+s_on_worker (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
 {
+    zmsg_t *msg = *msg_p;
     zframe_t *from = zmsg_pop (msg);
     if (!from) {
-        return;
+        return false;
     }
     char *key = zframe_strhex (from);
     s_worker_t *w = (s_worker_t *) zhashx_lookup (self->workers, key);
@@ -719,7 +806,11 @@ s_on_worker (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
         s_send (self, self->backend, from, &hb);
     }
     else if (m.cmd == LLMQ_CMD_DONE || m.cmd == LLMQ_CMD_FAILED) {
-        s_worker_report (self, w, &m, now);
+        if (s_worker_report (self, w, &m, now)) {
+            zstr_free (&key);
+            s_defer (self, self->backend, &from, msg_p);
+            return true;
+        }
     }
     else if (m.cmd == LLMQ_CMD_CHUNK) {
         s_worker_chunk (self, &m);
@@ -750,6 +841,7 @@ s_on_worker (llmq_broker_t *self, zmsg_t *msg, uint64_t now)
     }
     zstr_free (&key);
     zframe_destroy (&from);
+    return false;
 }
 
 /* ------------------------------------------------------------------------
@@ -799,7 +891,16 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         }
         llmq_job_t job;
         llmq_result_t final;
+        bool saved = s_save (self, false);
         int rc = llmq_store_lease (self->store, best_id, now, &job, &final, self->arena);
+        bool written = rc == 0 || rc == LLMQ_ERR_EXPIRED;
+        int saved_rc = written ? s_release (self, saved) : (s_rollback (self, saved), rc);
+        if (saved_rc == LLMQ_ERR_STORE_FULL) {
+            return;             /* no room to record a lease: next turn */
+        }
+        if (written && saved_rc) {
+            rc = saved_rc;
+        }
         if (rc == LLMQ_ERR_EXPIRED) {
             s_push_result (self, &final);
             continue;
@@ -833,7 +934,11 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
 static void
 s_timers (llmq_broker_t *self, uint64_t now)
 {
+    bool saved = s_save (self, false);
     llmq_store_tick (self->store, now, S_TICK_BUDGET, s_on_final, self, self->arena);
+    if (s_release (self, saved)) {
+        llmq_warn ("store tight: timer work postponed");
+    }
     uint64_t now_ms = llmq_mono_ms ();
     uint64_t dead_after = self->config->heartbeat_ms * self->config->liveness;
     zlistx_t *lost = zlistx_new ();
@@ -924,6 +1029,7 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     self->subs = s_u64_map (s_sub_free);
     self->group_rr = (uint64_t *) calloc (config->ngroups + 1, sizeof (uint64_t));
     self->arena = llmq_arena_new ();
+    self->deferred = zlistx_new ();
     self->full = llmq_store_check_space (self->store);
     return self;
 }
@@ -937,6 +1043,13 @@ llmq_broker_destroy (llmq_broker_t **self_p)
             zmsg_destroy (&self->out[i].msg);
         }
         free (self->out);
+        if (self->deferred) {
+            for (s_out_t *d = (s_out_t *) zlistx_first (self->deferred); d; d = (s_out_t *) zlistx_next (self->deferred)) {
+                zmsg_destroy (&d->msg);
+                free (d);
+            }
+            zlistx_destroy (&self->deferred);
+        }
         zhashx_destroy (&self->workers);
         zhashx_destroy (&self->leases);
         zhashx_destroy (&self->subs);
@@ -988,27 +1101,40 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         }
         uint64_t now = llmq_now_us ();
         size_t n = 0;
+        /* First what did not fit last turn, in arrival order. */
+        size_t ndef = zlistx_size (self->deferred);
+        for (size_t i = 0; i < ndef; i++) {
+            s_out_t *d = (s_out_t *) zlistx_first (self->deferred);
+            zlistx_detach_cur (self->deferred);
+            bool again = d->sock == self->frontend ? s_on_client (self, &d->msg, now)
+                                                   : s_on_worker (self, &d->msg, now);
+            if (!again) {
+                zmsg_destroy (&d->msg);
+            }
+            free (d);
+        }
         bool more = true;
         while (more && n < S_TURN_MAX) {
             more = false;
             zmsg_t *msg = zmsg_recv (self->frontend);
             if (msg) {
-                s_on_client (self, msg, now);
-                zmsg_destroy (&msg);
+                if (!s_on_client (self, &msg, now)) {
+                    zmsg_destroy (&msg);
+                }
                 more = true;
                 n++;
             }
             msg = zmsg_recv (self->backend);
             if (msg) {
-                s_on_worker (self, msg, now);
-                zmsg_destroy (&msg);
+                if (!s_on_worker (self, &msg, now)) {
+                    zmsg_destroy (&msg);
+                }
                 more = true;
                 n++;
             }
         }
         now_ms = llmq_mono_ms ();
-        bool ticked = now_ms >= self->next_tick_ms;
-        if (ticked) {
+        if (now_ms >= self->next_tick_ms) {
             s_timers (self, now);
             self->next_tick_ms = now_ms + S_TICK_MS;
         }
@@ -1020,10 +1146,8 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         self->n_commits++;
         s_flush (self);
         llmq_arena_reset (self->arena);
-        if (ticked) {
-            /* Between turns, no transaction open: the map may be resized. */
-            self->full = llmq_store_check_space (self->store);
-        }
+        /* Between turns, no transaction open: the map may be resized. */
+        self->full = llmq_store_check_space (self->store);
     }
     llmq_info ("stopping: all acknowledged work is on disk");
     return 0;

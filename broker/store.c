@@ -37,6 +37,14 @@ typedef struct {
     llmq_route_stats_t stats;
 } s_route_t;
 
+/*  What the in-memory view was at some point, to go back to it when a
+    transaction (or a nested one) is aborted. */
+typedef struct {
+    uint64_t next_id, next_lease;
+    size_t nroutes;
+    llmq_route_stats_t *stats;      /* nroutes entries */
+} s_view_t;
+
 struct llmq_store {
     MDB_env *env;
     MDB_txn *txn;                   /* the turn's write transaction, or NULL */
@@ -54,10 +62,18 @@ struct llmq_store {
     llmq_buf_t buf;                 /* scratch for encoding records */
     /* The in-memory view at begin, put back by abort so that it never
        counts what the aborted transaction did. */
-    uint64_t saved_next_id, saved_next_lease;
-    size_t saved_nroutes;
-    llmq_route_stats_t *saved_stats;
+    s_view_t turn_view;             /* in-memory view at llmq_store_begin */
+    s_view_t batch_view;            /* ... at llmq_store_save */
+    MDB_txn *parent;                /* the turn's transaction while a savepoint is open */
+    bool batch_dirty;               /* counters_dirty at llmq_store_save */
+    bool tight;                     /* little room left: callers use savepoints */
+    bool want_grow;                 /* a write did not fit: grow at the next check */
+    uint64_t used;                  /* bytes in use at the last check_space */
+    uint64_t turn_bytes;            /* estimate of bytes written since then */
 };
+
+static uint64_t s_page_cost (llmq_store_t *self, size_t size);
+static bool s_room (llmq_store_t *self, uint64_t need);
 
 /* ------------------------------------------------------------------------
    Keys
@@ -462,11 +478,46 @@ llmq_store_close (llmq_store_t **self_p)
         }
         free (self->routes_v);
         free (self->stats_v);
-        free (self->saved_stats);
+        free (self->turn_view.stats);
+        free (self->batch_view.stats);
         llmq_buf_free (&self->buf);
         free (self);
         *self_p = NULL;
     }
+}
+
+static int
+s_view_save (llmq_store_t *self, s_view_t *v)
+{
+    llmq_route_stats_t *stats = (llmq_route_stats_t *) realloc (v->stats,
+                                    (self->nroutes ? self->nroutes : 1) * sizeof *stats);
+    if (!stats) {
+        return LLMQ_ERR_NOMEM;
+    }
+    v->stats = stats;
+    for (size_t i = 0; i < self->nroutes; i++) {
+        stats[i] = self->routes_v[i].stats;
+    }
+    v->nroutes = self->nroutes;
+    v->next_id = self->next_id;
+    v->next_lease = self->next_lease;
+    return 0;
+}
+
+/*  Back to a saved view: routes created since are forgotten. */
+static void
+s_view_restore (llmq_store_t *self, const s_view_t *v)
+{
+    for (size_t i = v->nroutes; i < self->nroutes; i++) {
+        free (self->routes_v[i].name);
+        self->routes_v[i].name = NULL;
+    }
+    self->nroutes = v->nroutes;
+    for (size_t i = 0; i < self->nroutes; i++) {
+        self->routes_v[i].stats = v->stats[i];
+    }
+    self->next_id = v->next_id;
+    self->next_lease = v->next_lease;
 }
 
 int
@@ -475,35 +526,14 @@ llmq_store_begin (llmq_store_t *self)
     if (self->txn) {
         return 0;
     }
-    llmq_route_stats_t *saved = (llmq_route_stats_t *) realloc (self->saved_stats,
-                                    (self->nroutes ? self->nroutes : 1) * sizeof *saved);
-    if (!saved) {
-        return LLMQ_ERR_NOMEM;
-    }
-    self->saved_stats = saved;
-    for (size_t i = 0; i < self->nroutes; i++) {
-        saved[i] = self->routes_v[i].stats;
-    }
-    self->saved_nroutes = self->nroutes;
-    self->saved_next_id = self->next_id;
-    self->saved_next_lease = self->next_lease;
-    return s_err (mdb_txn_begin (self->env, NULL, 0, &self->txn));
+    int rc = s_view_save (self, &self->turn_view);
+    return rc ? rc : s_err (mdb_txn_begin (self->env, NULL, 0, &self->txn));
 }
 
-/*  Back to the view saved at begin: routes created since are forgotten. */
 static void
 s_restore (llmq_store_t *self)
 {
-    for (size_t i = self->saved_nroutes; i < self->nroutes; i++) {
-        free (self->routes_v[i].name);
-        self->routes_v[i].name = NULL;
-    }
-    self->nroutes = self->saved_nroutes;
-    for (size_t i = 0; i < self->nroutes; i++) {
-        self->routes_v[i].stats = self->saved_stats[i];
-    }
-    self->next_id = self->saved_next_id;
-    self->next_lease = self->saved_next_lease;
+    s_view_restore (self, &self->turn_view);
     self->counters_dirty = false;
 }
 
@@ -584,8 +614,9 @@ bool
 llmq_store_check_space (llmq_store_t *self)
 {
     uint64_t used = s_used_bytes (self, false);
-    /* Grow at 3/4 full, doubling, up to the limit. */
-    while (used > self->map_size / 4 * 3 && self->map_size < self->opts.max_map_size) {
+    /* Grow at 3/4 full (or when a write did not fit), doubling, up to the limit. */
+    while ((used > self->map_size / 4 * 3 || self->want_grow) && self->map_size < self->opts.max_map_size) {
+        self->want_grow = false;
         uint64_t size = self->map_size * 2;
         if (size > self->opts.max_map_size) {
             size = self->opts.max_map_size;
@@ -599,12 +630,17 @@ llmq_store_check_space (llmq_store_t *self)
                    (unsigned long long) (self->opts.max_map_size >> 20));
         self->map_size = size;
     }
-    /* At the limit: keep 1/8 in reserve for results of what we hold. */
+    /* At the limit: keep 1/8 in reserve for results of what we hold. Near
+       it, measure exactly: the free list holds pages freed by results that
+       expired and jobs that ended. */
     bool full = false;
     uint64_t limit = self->map_size - self->map_size / 8;
-    if (self->map_size >= self->opts.max_map_size && used > limit) {
-        full = s_used_bytes (self, true) > limit;
+    if (self->map_size >= self->opts.max_map_size && used > self->map_size / 2) {
+        used = s_used_bytes (self, true);
+        full = used > limit;
     }
+    self->used = used;
+    self->turn_bytes = 0;
     if (full != self->full) {
         if (full) {
             llmq_warn ("store: full at its limit of %llu MiB: new submits are refused until results expire "
@@ -615,6 +651,9 @@ llmq_store_check_space (llmq_store_t *self)
         }
     }
     self->full = full;
+    self->want_grow = false;
+    /* Past half of a map that cannot grow, any write might not fit. */
+    self->tight = self->map_size >= self->opts.max_map_size && used > self->map_size / 2;
     return full;
 }
 
@@ -735,6 +774,7 @@ s_finalise (llmq_store_t *self, const llmq_job_t *job, llmq_result_t *res, uint6
     if (llmq_result_encode (res, &self->buf)) {
         return LLMQ_ERR_NOMEM;
     }
+    self->turn_bytes += s_page_cost (self, self->buf.size);
     s_id_key_t ik;
     MDB_val k = s_id_key (&ik, job->id), v = { self->buf.size, self->buf.data };
     TRY (mdb_put (self->txn, self->results, &k, &v, 0));
@@ -823,6 +863,141 @@ llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup)
     self->counters_dirty = true;
     self->routes_v[route - 1].stats.ready[job->priority % LLMQ_NPRIO]++;
     return 0;
+}
+
+/*  Bytes a record of `size` may take: LMDB puts values over about half a
+    page on their own overflow pages, and an insert may split a page. A
+    generous estimate: it only decides when to stop taking more work. */
+static uint64_t
+s_page_cost (llmq_store_t *self, size_t size)
+{
+    uint64_t psize = 4096;
+    return ((size + 64 + psize - 1) / psize + 1) * psize;
+}
+
+/*  Is there room to write `need` more bytes in this turn? The commit itself
+    needs pages too (free list, meta), so 1/16 of the map is never used by
+    writes. Below the limit, the answer is "not before growing" past 3/4. */
+/*  Room for the result a report will store? Checked before any write, so a
+    "no" leaves nothing half done. */
+static bool
+s_room_for (llmq_store_t *self, const llmq_result_t *res)
+{
+    size_t size = 512;
+    if (res) {
+        size += (res->content ? strlen (res->content) : 0) + (res->error ? strlen (res->error) : 0);
+    }
+    return s_room (self, s_page_cost (self, size));
+}
+
+static bool
+s_room (llmq_store_t *self, uint64_t need)
+{
+    uint64_t after = self->used + self->turn_bytes + need;
+    bool at_limit = self->map_size >= self->opts.max_map_size;
+    return after <= (at_limit ? self->map_size - self->map_size / 16 : self->map_size / 4 * 3);
+}
+
+int
+llmq_store_save (llmq_store_t *self)
+{
+    if (!self->txn || self->parent) {
+        return LLMQ_ERR_INTERNAL;
+    }
+    int rc = s_view_save (self, &self->batch_view);
+    if (rc) {
+        return rc;
+    }
+    MDB_txn *child;
+    if ((rc = mdb_txn_begin (self->env, self->txn, 0, &child))) {
+        return s_err (rc);
+    }
+    self->batch_dirty = self->counters_dirty;
+    self->parent = self->txn;
+    self->txn = child;
+    return 0;
+}
+
+void
+llmq_store_rollback (llmq_store_t *self)
+{
+    if (self->parent) {
+        mdb_txn_abort (self->txn);
+        self->txn = self->parent;
+        self->parent = NULL;
+        s_view_restore (self, &self->batch_view);
+        self->counters_dirty = self->batch_dirty;
+    }
+}
+
+int
+llmq_store_release (llmq_store_t *self)
+{
+    if (!self->parent) {
+        return 0;
+    }
+    int rc = mdb_txn_commit (self->txn);
+    self->txn = self->parent;
+    self->parent = NULL;
+    if (rc) {
+        /* A failed commit has freed the child already. */
+        s_view_restore (self, &self->batch_view);
+        self->counters_dirty = self->batch_dirty;
+        return s_err (rc);
+    }
+    return 0;
+}
+
+bool
+llmq_store_tight (llmq_store_t *self)
+{
+    return self->tight;
+}
+
+bool
+llmq_store_can_grow (llmq_store_t *self)
+{
+    return self->map_size < self->opts.max_map_size;
+}
+
+void
+llmq_store_want_grow (llmq_store_t *self)
+{
+    self->want_grow = true;
+}
+
+int
+llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t now, uint8_t *dups)
+{
+    if (self->full) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    /*  A nested transaction, so that running out of space halfway leaves
+        the turn's transaction as it was: the other messages of the turn
+        still commit, and this one is refused (or retried once the map
+        has grown) whole. */
+    uint64_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        need += s_page_cost (self, strlen (jobs[i].body) + (jobs[i].meta ? strlen (jobs[i].meta) : 0) + 256);
+    }
+    if (!s_room (self, need)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    self->turn_bytes += need;
+    int rc = llmq_store_save (self);
+    if (rc) {
+        return rc;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        bool dup = false;
+        rc = llmq_store_submit (self, &jobs[i], now, &dup);
+        dups[i] = dup;
+    }
+    if (rc) {
+        llmq_store_rollback (self);
+        return rc;
+    }
+    return llmq_store_release (self);
 }
 
 int
@@ -917,6 +1092,9 @@ int
 llmq_store_complete (llmq_store_t *self, uint64_t id, uint64_t lease, const llmq_result_t *res,
                      uint64_t now, llmq_result_t *final, llmq_arena_t *arena)
 {
+    if (!s_room_for (self, res)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
     uint64_t started;
     int rc = s_unlease (self, id, lease, &started);
     if (rc) {
@@ -941,13 +1119,18 @@ llmq_store_requeue (llmq_store_t *self, uint64_t id, uint64_t lease, bool count_
                     uint64_t not_before, const llmq_result_t *failure, uint64_t now,
                     llmq_result_t *final, llmq_arena_t *arena)
 {
-    uint64_t started;
-    int rc = s_unlease (self, id, lease, &started);
-    if (rc) {
-        return rc;
-    }
     llmq_job_t job;
-    if ((rc = s_job_get (self, id, &job, arena))) {
+    int rc = s_job_get (self, id, &job, arena);
+    if (rc) {
+        return rc == LLMQ_ERR_NOT_FOUND ? LLMQ_ERR_STATE : rc;
+    }
+    /* Only a dead-lettering writes a result: room for it, before any write. */
+    uint32_t max_att = job.max_attempts ? job.max_attempts : self->opts.max_attempts;
+    if (count_attempt && job.attempts + 1 >= max_att && !s_room_for (self, failure)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    uint64_t started;
+    if ((rc = s_unlease (self, id, lease, &started))) {
         return rc;
     }
     llmq_route_stats_t *st = s_stats (self, job.model);

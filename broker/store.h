@@ -79,11 +79,33 @@ void llmq_store_abort (llmq_store_t *self);
 bool llmq_store_check_space (llmq_store_t *self);
 void llmq_store_space (llmq_store_t *self, uint64_t *used, uint64_t *map_size, uint64_t *max_size);
 
+/*  Savepoints: a nested transaction inside the turn's. A write that fails
+    for lack of space (LLMQ_ERR_STORE_FULL) inside one is rolled back alone,
+    in-memory view included, and the turn's transaction stays usable.
+    release commits it into the turn (returns an error if that fails, having
+    rolled back). One savepoint at a time. */
+int  llmq_store_save (llmq_store_t *self);
+int  llmq_store_release (llmq_store_t *self);
+void llmq_store_rollback (llmq_store_t *self);
+/*  True when the map is at its limit and more than half used: every write
+    should then run in a savepoint. */
+bool llmq_store_tight (llmq_store_t *self);
+/*  The map is below its limit; want_grow makes the next check_space grow it
+    whatever its use (a write did not fit). */
+bool llmq_store_can_grow (llmq_store_t *self);
+void llmq_store_want_grow (llmq_store_t *self);
+
 /*  Store a new job (job->model must be a route name). Sets job->id,
     enqueued_us, vdeadline_us. With an idempotency key already known, sets
     job->id to the existing job and *dup = true, storing nothing.
     Errors: LLMQ_ERR_STORE_FULL, LLMQ_ERR_STORE. */
 int  llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup);
+
+/*  Store the jobs of one SUBMIT, all or none: on any error (no space
+    left, most likely) nothing of them is stored, the rest of the turn's
+    transaction is intact, and the error is returned. dups[i] as above. */
+int  llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t now,
+                            uint8_t *dups);
 
 /*  The head of a route's ready index (smallest virtual deadline).
     Returns 0 and fills *id, *vdeadline, or LLMQ_ERR_NOT_FOUND if empty. */

@@ -554,6 +554,46 @@ START_TEST (test_sigterm_commits_and_exits_zero)
 }
 END_TEST
 
+
+/*  A broker at its store size limit refuses new submits with a clear error
+    and keeps serving every job it holds. */
+START_TEST (test_full_store_refuses_submits_serves_the_rest)
+{
+    harness_t *h = h_new ("map_size = 1MiB\nmax_map_size = 1MiB\n");
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    llmq *c = h_client (h);
+    char prompt[4096];
+    memset (prompt, 'x', sizeof prompt - 1);
+    prompt[sizeof prompt - 1] = 0;
+    char *body = s_body (prompt);
+    llmq_job jobs[20];
+    for (int i = 0; i < 20; i++) {
+        jobs[i] = s_job ("echo", body);
+    }
+    uint64_t ids[2000];
+    size_t stored = 0;
+    int rc = LLMQ_OK;
+    while (stored + 20 <= 2000 && (rc = llmq_submit_many (c, jobs, 20, ids + stored, 5000)) == LLMQ_OK) {
+        stored += 20;
+    }
+    ck_assert_int_eq (rc, LLMQ_ERR_STORE_FULL);
+    ck_assert_ptr_nonnull (strstr (llmq_last_error (c), "full"));
+    ck_assert_uint_gt (stored, 0);
+    ck_assert_int_eq (h_stat (c, "queued"), (long) stored);
+    /* Everything held is still served. */
+    ck_assert_int_ge (h_start_worker (h, 16, 1), 0);
+    for (size_t i = 0; i < stored; i++) {
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, ids[i], T_WAIT, &r), LLMQ_OK);
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        llmq_result_free (&r);
+    }
+    free (body);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -569,6 +609,7 @@ s_suite (void)
     tcase_add_test (tc, test_deadline_expires_queued_job);
     tcase_add_test (tc, test_max_attempts_then_dead_letter);
     tcase_add_test (tc, test_sigterm_commits_and_exits_zero);
+    tcase_add_test (tc, test_full_store_refuses_submits_serves_the_rest);
     tcase_add_test (tc, test_worker_kill9_mid_job_completes_elsewhere);
     tcase_add_test (tc, test_broker_kill9_mid_batch_loses_nothing);
     suite_add_tcase (s, tc);

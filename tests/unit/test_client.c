@@ -23,6 +23,7 @@
 #include "codec.h"
 #include "clock.h"
 #include "cli_util.h"
+#include "client_ids.h"
 
 //  --------------------------------------------------------------------------
 //  Fake broker
@@ -96,8 +97,9 @@ s_fake_run (void *arg)
     return NULL;
 }
 
+/*  A fake broker on `endpoint`, or on a fresh port if NULL. */
 static fake_t *
-s_fake_start (fake_script_fn *script)
+s_fake_start_at (fake_script_fn *script, const char *endpoint)
 {
     fake_t *fake = calloc (1, sizeof (fake_t));
     ck_assert_ptr_nonnull (fake);
@@ -107,11 +109,17 @@ s_fake_start (fake_script_fn *script)
     fake->router = zmq_socket (fake->ctx, ZMQ_ROUTER);
     int zero = 0;
     zmq_setsockopt (fake->router, ZMQ_LINGER, &zero, sizeof zero);
-    ck_assert_int_eq (zmq_bind (fake->router, "tcp://127.0.0.1:*"), 0);
+    ck_assert_int_eq (zmq_bind (fake->router, endpoint ? endpoint : "tcp://127.0.0.1:*"), 0);
     size_t len = sizeof fake->endpoint;
     zmq_getsockopt (fake->router, ZMQ_LAST_ENDPOINT, fake->endpoint, &len);
     ck_assert_int_eq (pthread_create (&fake->thread, NULL, s_fake_run, fake), 0);
     return fake;
+}
+
+static fake_t *
+s_fake_start (fake_script_fn *script)
+{
+    return s_fake_start_at (script, NULL);
 }
 
 static void
@@ -669,6 +677,93 @@ START_TEST (test_late_answer_dropped)
 }
 END_TEST
 
+/*  Before the restart: accepts job 5 with notify, never runs it. */
+static void
+s_script_before (fake_t *fake, const llmq_msg_t *req)
+{
+    if (s_pong (fake, req) || req->cmd != LLMQ_CMD_SUBMIT) {
+        return;
+    }
+    ck_assert (req->notify);
+    uint64_t id = 5;
+    llmq_msg_t rep = { .cmd = LLMQ_CMD_ACCEPTED, .corr = req->corr, .ids = &id, .nids = 1 };
+    s_fake_send (fake, &rep);
+}
+
+/*  After the restart: knows nothing of subscriptions until a WAIT comes. */
+static void
+s_script_after (fake_t *fake, const llmq_msg_t *req)
+{
+    if (s_pong (fake, req) || req->cmd != LLMQ_CMD_WAIT) {
+        return;
+    }
+    for (size_t i = 0; i < req->nids; i++) {
+        s_push_result (fake, req->ids[i], LLMQ_STATE_DONE, "after restart");
+    }
+}
+
+START_TEST (test_resubscribe_after_restart)
+{
+    fake_t *fake = s_fake_start (s_script_before);
+    char endpoint[64];
+    snprintf (endpoint, sizeof endpoint, "%s", fake->endpoint);
+    llmq *h = NULL;
+    ck_assert_int_eq (llmq_connect (endpoint, 2000, &h), LLMQ_OK);
+    llmq_job job = { .model = "m", .body = s_body };
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (h, &job, &id, 2000), LLMQ_OK);
+    ck_assert_uint_eq (id, 5);
+    s_fake_stop (&fake);
+    fake = s_fake_start_at (s_script_after, endpoint);
+    /* Nothing asks for job 5 but the handle itself, when it reconnects. */
+    llmq_event *ev = NULL;
+    ck_assert_int_eq (llmq_next (h, 5000, &ev), LLMQ_OK);
+    ck_assert_int_eq (ev->type, LLMQ_EV_RESULT);
+    ck_assert_uint_eq (ev->id, 5);
+    ck_assert_str_eq (ev->result->content, "after restart");
+    llmq_event_free (&ev);
+    llmq_close (&h);
+    s_fake_stop (&fake);
+}
+END_TEST
+
+//  --------------------------------------------------------------------------
+//  Id set (private to the library, compiled into this test)
+
+START_TEST (test_id_set)
+{
+    client_ids_t set;
+    client_ids_init (&set);
+    ck_assert (!client_ids_has (&set, 1));
+    client_ids_remove (&set, 1);
+    for (uint64_t id = 1; id <= 20000; id++) {
+        ck_assert_int_eq (client_ids_add (&set, id * 7), 0);
+    }
+    ck_assert_int_eq (client_ids_add (&set, 0), 0);
+    ck_assert_int_eq (client_ids_add (&set, 7), 0);
+    ck_assert_uint_eq (set.count, 20000);
+    for (uint64_t id = 1; id <= 20000; id += 2) {
+        client_ids_remove (&set, id * 7);
+    }
+    ck_assert_uint_eq (set.count, 10000);
+    for (uint64_t id = 1; id <= 20000; id++) {
+        ck_assert_int_eq (client_ids_has (&set, id * 7), id % 2 == 0);
+    }
+    uint64_t out[333];
+    size_t cursor = 0, n, total = 0;
+    while ((n = client_ids_next (&set, &cursor, out, 333)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_uint_eq (out[i] % 14, 0);
+        }
+        total += n;
+    }
+    ck_assert_uint_eq (total, 10000);
+    client_ids_clear (&set);
+    ck_assert_uint_eq (set.count, 0);
+    ck_assert (!client_ids_has (&set, 14));
+}
+END_TEST
+
 //  --------------------------------------------------------------------------
 //  CLI helpers
 
@@ -853,6 +948,8 @@ s_client_suite (void)
     tcase_add_test (fake, test_stream);
     tcase_add_test (fake, test_pipeline);
     tcase_add_test (fake, test_late_answer_dropped);
+    tcase_add_test (fake, test_resubscribe_after_restart);
+    tcase_add_test (fake, test_id_set);
     suite_add_tcase (suite, fake);
 
     TCase *cli = tcase_create ("cli");

@@ -1082,7 +1082,8 @@ START_TEST (test_full_store_serves_what_it_holds)
     ck_assert_uint_eq (s_head (store, "gpt"), ids[0]);
     ck_assert_int_eq (llmq_store_commit (store), 0);
 
-    //  Everything held is served, in order, four per turn.
+    //  Everything held is served, in order, four per turn, checking space
+    //  between turns as the broker does (that is when freed pages count).
     uint64_t now = S_T0 + 2 * S_SEC;
     for (size_t i = 0; i < n; i++) {
         if (i % 4 == 0) {
@@ -1092,6 +1093,7 @@ START_TEST (test_full_store_serves_what_it_holds)
         ck_assert_int_eq (s_complete (store, ids[i], s_lease (store, ids[i], now), now), 0);
         if (i % 4 == 3 || i == n - 1) {
             ck_assert_int_eq (llmq_store_commit (store), 0);
+            llmq_store_check_space (store);
         }
     }
     ck_assert_int_eq (llmq_store_begin (store), 0);
