@@ -583,7 +583,9 @@ s_on_client (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
     int rc = llmq_msg_decode (msg, self->config->max_message, &m, self->arena, why, sizeof why);
     if (rc) {
         self->n_bad_messages++;
-        llmq_warn ("client %s: refused message: %s", zframe_strhex (from), why);
+        char *hex = zframe_strhex (from);
+        llmq_warn ("client %s: refused message: %s", hex, why);
+        zstr_free (&hex);
         s_reply_error (self, self->frontend, from, m.corr, LLMQ_CMD_ERROR, rc, why);
         zframe_destroy (&from);
         return false;

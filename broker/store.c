@@ -73,6 +73,7 @@ struct llmq_store {
 };
 
 static uint64_t s_page_cost (llmq_store_t *self, size_t size);
+static uint64_t s_reserve (llmq_store_t *self);
 static bool s_room (llmq_store_t *self, uint64_t need);
 
 /* ------------------------------------------------------------------------
@@ -630,11 +631,13 @@ llmq_store_check_space (llmq_store_t *self)
                    (unsigned long long) (self->opts.max_map_size >> 20));
         self->map_size = size;
     }
-    /* At the limit: keep 1/8 in reserve for results of what we hold. Near
+    /* At the limit: refuse submits while two reserves remain, one for the
+       results of what we hold and one for commits (s_reserve). Near
        it, measure exactly: the free list holds pages freed by results that
        expired and jobs that ended. */
     bool full = false;
-    uint64_t limit = self->map_size - self->map_size / 8;
+    uint64_t reserve = s_reserve (self);
+    uint64_t limit = self->map_size > 2 * reserve ? self->map_size - 2 * reserve : 0;
     if (self->map_size >= self->opts.max_map_size && used > self->map_size / 2) {
         used = s_used_bytes (self, true);
         full = used > limit;
@@ -865,6 +868,16 @@ llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup)
     return 0;
 }
 
+/*  Space never planned for writes at the size limit: every commit copies
+    the pages it touches and rewrites the free list, so the estimate below
+    (which counts records, not that) must leave this much. */
+static uint64_t
+s_reserve (llmq_store_t *self)
+{
+    uint64_t r = self->map_size / 8;
+    return r > 256 * 1024 ? r : 256 * 1024;
+}
+
 /*  Bytes a record of `size` may take: LMDB puts values over about half a
     page on their own overflow pages, and an insert may split a page. A
     generous estimate: it only decides when to stop taking more work. */
@@ -895,7 +908,7 @@ s_room (llmq_store_t *self, uint64_t need)
 {
     uint64_t after = self->used + self->turn_bytes + need;
     bool at_limit = self->map_size >= self->opts.max_map_size;
-    return after <= (at_limit ? self->map_size - self->map_size / 16 : self->map_size / 4 * 3);
+    return after <= (at_limit ? self->map_size - s_reserve (self) : self->map_size / 4 * 3);
 }
 
 int

@@ -402,3 +402,16 @@ h_mock_post (harness_t *self, const char *path, const char *json)
     json_decref (doc);
     return rc;
 }
+
+bool
+h_wait_mock_stat (harness_t *self, const char *key, long value, int timeout_ms)
+{
+    uint64_t end = s_ms () + (uint64_t) timeout_ms;
+    do {
+        if (h_mock_stat (self, key) == value) {
+            return true;
+        }
+        h_backoff ();
+    } while (s_ms () < end);
+    return false;
+}

@@ -70,6 +70,8 @@ void h_backoff (void);
 
 /*  The mock's counters (GET /mock/stats), by key: -1 on error. */
 long h_mock_stat (harness_t *self, const char *key);
+/*  Wait until the mock's counter `key` equals value, up to timeout_ms. */
+bool h_wait_mock_stat (harness_t *self, const char *key, long value, int timeout_ms);
 /*  POST a JSON body to a mock control path, e.g. "/mock/faults". */
 int  h_mock_post (harness_t *self, const char *path, const char *json);
 

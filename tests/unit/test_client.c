@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "cli_util.h"
 #include "client_ids.h"
+#include "client_queue.h"
 
 //  --------------------------------------------------------------------------
 //  Fake broker
@@ -310,6 +311,42 @@ START_TEST (test_connect_and_close)
     ck_assert_ptr_null (ev);
     llmq_close (&h);
     ck_assert_ptr_null (h);
+    llmq_close (&h);
+    s_fake_stop (&fake);
+}
+END_TEST
+
+/*  Before each PONG, a command from a newer protocol minor (0x50, unknown
+    here) that the client must skip. */
+static void
+s_script_newer (fake_t *fake, const llmq_msg_t *req)
+{
+    if (req->cmd == LLMQ_CMD_PING) {
+        const char sig[LLMQ_SIGNATURE_LEN] = { 'L', 'L', 'M', 'Q', LLMQ_PROTO_VERSION };
+        const unsigned char cmd = 0x50, body = 0x80;       /* an empty msgpack map */
+        zmq_send (fake->router, zframe_data (fake->peer), zframe_size (fake->peer), ZMQ_SNDMORE);
+        zmq_send (fake->router, sig, sizeof sig, ZMQ_SNDMORE);
+        zmq_send (fake->router, &cmd, 1, ZMQ_SNDMORE);
+        zmq_send (fake->router, &body, 1, 0);
+        s_pong (fake, req);
+    }
+    else
+    if (req->cmd == LLMQ_CMD_STATS) {
+        llmq_msg_t err = { .cmd = LLMQ_CMD_ERROR, .code = LLMQ_ERR_UNKNOWN_COMMAND,
+                           .reason = "not on this socket" };
+        s_fake_send (fake, &err);
+    }
+}
+
+START_TEST (test_unknown_command_skipped)
+{
+    fake_t *fake = s_fake_start (s_script_newer);
+    llmq *h = NULL;
+    ck_assert_int_eq (llmq_connect (fake->endpoint, 2000, &h), LLMQ_OK);
+    char *json = NULL;
+    ck_assert_int_eq (llmq_stats (h, &json, 2000), LLMQ_ERR_UNKNOWN_COMMAND);
+    ck_assert_str_eq (llmq_last_error (h), "not on this socket");
+    ck_assert_ptr_null (json);
     llmq_close (&h);
     s_fake_stop (&fake);
 }
@@ -728,7 +765,7 @@ START_TEST (test_resubscribe_after_restart)
 END_TEST
 
 //  --------------------------------------------------------------------------
-//  Id set (private to the library, compiled into this test)
+//  Id set and event queue (private to the library, compiled into this test)
 
 START_TEST (test_id_set)
 {
@@ -761,6 +798,48 @@ START_TEST (test_id_set)
     client_ids_clear (&set);
     ck_assert_uint_eq (set.count, 0);
     ck_assert (!client_ids_has (&set, 14));
+}
+END_TEST
+
+START_TEST (test_queue_bound)
+{
+    client_queue_t q;
+    client_queue_init (&q, 4096);
+    char text[500];
+    memset (text, 'x', sizeof text - 1);
+    text[sizeof text - 1] = '\0';
+    int kept = 0;
+    for (unsigned i = 0; i < 100; i++) {
+        if (client_queue_push (&q, client_event_chunk (9, i, text)) == 0) {
+            kept++;
+        }
+    }
+    ck_assert_int_gt (kept, 0);
+    ck_assert_int_lt (kept, 10);
+    ck_assert_uint_eq (q.dropped, (uint64_t) (100 - kept));
+    ck_assert_uint_le (q.bytes, 4096);
+    /* Acks are kept past the bound. */
+    uint64_t ids[2] = { 1, 2 };
+    ck_assert_int_eq (client_queue_push (&q, client_event_accepted (4, ids, 2)), 0);
+    ck_assert_int_eq (client_queue_push (&q, client_event_rejected (8, LLMQ_ERR_STORE_FULL, NULL, -1, 0)), 0);
+    /* Take picks the job's events; drop_chunks frees the rest. */
+    llmq_event *ev = client_queue_take (&q, 9, 1);
+    ck_assert_ptr_nonnull (ev);
+    ck_assert_uint_eq (ev->seq, 0);
+    llmq_event_free (&ev);
+    ck_assert_ptr_null (client_queue_take (&q, 9, 0));
+    client_queue_drop_chunks (&q, 9);
+    ev = client_queue_pop (&q);
+    ck_assert_int_eq (ev->type, LLMQ_EV_ACCEPTED);
+    ck_assert_uint_eq (ev->ids[1], 2);
+    llmq_event_free (&ev);
+    ev = client_queue_pop (&q);
+    ck_assert_int_eq (ev->type, LLMQ_EV_REJECTED);
+    ck_assert_str_eq (ev->reason, "store full");
+    llmq_event_free (&ev);
+    ck_assert_ptr_null (client_queue_pop (&q));
+    ck_assert_uint_eq (q.bytes, 0);
+    client_queue_clear (&q);
 }
 END_TEST
 
@@ -943,14 +1022,19 @@ s_client_suite (void)
     tcase_set_timeout (fake, 10);
     tcase_add_test (fake, test_connect_and_close);
     tcase_add_test (fake, test_connect_version_mismatch);
+    tcase_add_test (fake, test_unknown_command_skipped);
     tcase_add_test (fake, test_submit_keeps_pushes);
     tcase_add_test (fake, test_rejections);
     tcase_add_test (fake, test_stream);
     tcase_add_test (fake, test_pipeline);
     tcase_add_test (fake, test_late_answer_dropped);
     tcase_add_test (fake, test_resubscribe_after_restart);
-    tcase_add_test (fake, test_id_set);
     suite_add_tcase (suite, fake);
+
+    TCase *inside = tcase_create ("internals");
+    tcase_add_test (inside, test_id_set);
+    tcase_add_test (inside, test_queue_bound);
+    suite_add_tcase (suite, inside);
 
     TCase *cli = tcase_create ("cli");
     tcase_add_test (cli, test_parse_duration);
