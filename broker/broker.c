@@ -45,7 +45,8 @@ typedef struct {
 
 typedef struct {
     zsock_t *sock;
-    zmsg_t *msg;
+    zmsg_t *msg;                    /* NULL once sent */
+    bool early;                     /* may go before the turn's commit */
 } s_out_t;
 
 struct llmq_broker {
@@ -69,6 +70,8 @@ struct llmq_broker {
     /* Totals since start, for stats. */
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
              n_dead, n_lost_workers, n_commits, n_bad_messages;
+    uint64_t commit_us;             /* total time in commits (sync included) */
+    uint64_t turn_us;               /* total time in turns, commits included */
 };
 
 /* ------------------------------------------------------------------------
@@ -158,13 +161,34 @@ s_send (llmq_broker_t *self, zsock_t *sock, zframe_t *to, const llmq_msg_t *m)
         self->out = v;
         self->outcap = cap;
     }
-    self->out[self->nout++] = (s_out_t) { sock, msg };
+    /*  What a worker gets (DISPATCH, ABORT, HEARTBEAT) and stream chunks need
+        not wait for the commit: a job a worker runs before its lease is on
+        disk is at worst run again after a crash, and chunks are not stored
+        anyway. Sending them first lets the workers run while we sync.
+        Replies and results to clients wait: they promise durability. */
+    bool early = sock == self->backend || m->cmd == LLMQ_CMD_CHUNK;
+    self->out[self->nout++] = (s_out_t) { sock, msg, early };
+}
+
+/*  Before the commit: send what may go early, in order. */
+static void
+s_flush_early (llmq_broker_t *self)
+{
+    for (size_t i = 0; i < self->nout; i++) {
+        if (self->out[i].early && self->out[i].msg) {
+            zmsg_send (&self->out[i].msg, self->out[i].sock);
+            zmsg_destroy (&self->out[i].msg);
+        }
+    }
 }
 
 static void
 s_flush (llmq_broker_t *self)
 {
     for (size_t i = 0; i < self->nout; i++) {
+        if (!self->out[i].msg) {
+            continue;
+        }
         /* ROUTER drops messages for peers that are gone: that is fine, a
            client that comes back asks again with WAIT or STATUS. */
         zmsg_send (&self->out[i].msg, self->out[i].sock);
@@ -549,6 +573,8 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "lost_workers", json_integer ((json_int_t) self->n_lost_workers));
     json_object_set_new (t, "commits", json_integer ((json_int_t) self->n_commits));
     json_object_set_new (t, "bad_messages", json_integer ((json_int_t) self->n_bad_messages));
+    json_object_set_new (t, "commit_us", json_integer ((json_int_t) self->commit_us));
+    json_object_set_new (t, "turn_us", json_integer ((json_int_t) self->turn_us));
     json_object_set_new (root, "totals", t);
     uint64_t used, size, max;
     llmq_store_space (self->store, &used, &size, &max);
@@ -1098,6 +1124,7 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         if (*stop) {
             break;              /* what arrived now is not acknowledged: clients retry */
         }
+        uint64_t t_turn = llmq_mono_us ();
         if (llmq_store_begin (self->store)) {
             return -1;
         }
@@ -1141,10 +1168,15 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
             self->next_tick_ms = now_ms + S_TICK_MS;
         }
         s_dispatch (self, now);
+        s_flush_early (self);
+        uint64_t t_commit = llmq_mono_us ();
         if (llmq_store_commit (self->store)) {
             llmq_error ("store commit failed: exiting so that a restart recovers from disk");
             return -1;
         }
+        uint64_t t_end = llmq_mono_us ();
+        self->commit_us += t_end - t_commit;
+        self->turn_us += t_end - t_turn;
         self->n_commits++;
         s_flush (self);
         llmq_arena_reset (self->arena);
