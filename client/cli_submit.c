@@ -148,12 +148,22 @@ s_report_unfinished (const llmq_result *r)
 typedef struct {
     int  printed;               /* chunks were written */
     char last;                  /* last character written */
+    unsigned next_seq;          /* the chunk expected next */
+    int  broken;                /* chunks were missed or came again (a
+                                   reconnect, a retried attempt) */
 } stream_out_t;
 
 static int
 s_on_chunk (void *arg, uint64_t id, unsigned seq, const char *text)
 {
     stream_out_t *out = arg;
+    if (seq != out->next_seq) {
+        out->broken = 1;
+    }
+    out->next_seq = seq + 1;
+    if (out->broken) {
+        return 0;               /* the whole answer is printed at the end */
+    }
     size_t len = strlen (text);
     if (len > 0) {
         fwrite (text, 1, len, stdout);
@@ -300,7 +310,7 @@ cmd_submit (cli_t *cli, int argc, char **argv)
     llmq_result *res = NULL;
     int exit_code = CLI_EXIT_OK;
     if (job.stream) {
-        stream_out_t out = { 0, 0 };
+        stream_out_t out = { 0, 0, 0, 0 };
         rc = llmq_stream (h, &job, s_on_chunk, &out, &id, cli_wait_timeout (cli), &res);
         if (out.printed && out.last != '\n') {
             fputc ('\n', stdout);
@@ -315,6 +325,13 @@ cmd_submit (cli_t *cli, int argc, char **argv)
         else
         if (res && res->state != LLMQ_STATE_DONE) {
             exit_code = s_report_unfinished (res);
+        }
+        else
+        if (res && out.broken && res->content) {
+            cli_error ("the stream of job %llu was interrupted; its whole answer follows",
+                       (unsigned long long) id);
+            fputs (res->content, stdout);
+            fputc ('\n', stdout);
         }
         else
         if (res && !out.printed && res->content) {

@@ -319,12 +319,25 @@ s_monitor_start (llmq *h)
     }
 }
 
+static int s_recv_one (llmq *h, int64_t deadline, llmq_msg_t *m);
+
 /*  Receive and decode one message before `deadline`. On LLMQ_OK `m` is
     valid until the next s_recv() (its strings live in h->arena). Returns
     LLMQ_ERR_TIMEOUT without setting the error text: callers know better
-    what they were waiting for. */
+    what they were waiting for. A command this library does not know (a
+    newer broker's) is skipped: new commands are a compatible change. */
 static int
 s_recv (llmq *h, int64_t deadline, llmq_msg_t *m)
+{
+    int rc;
+    do {
+        rc = s_recv_one (h, deadline, m);
+    } while (rc == LLMQ_ERR_UNKNOWN_COMMAND);
+    return rc;
+}
+
+static int
+s_recv_one (llmq *h, int64_t deadline, llmq_msg_t *m)
 {
     for (;;) {
         zmq_pollitem_t items[2] = { { h->sock, 0, ZMQ_POLLIN, 0 }, { h->monitor, 0, ZMQ_POLLIN, 0 } };
@@ -377,6 +390,9 @@ s_recv (llmq *h, int64_t deadline, llmq_msg_t *m)
     char why[256] = "";
     int rc = llmq_msg_decode (msg, LLMQ_MAX_REPLY, m, h->arena, why, sizeof (why));
     zmsg_destroy (&msg);
+    if (rc == LLMQ_ERR_UNKNOWN_COMMAND) {
+        return rc;              /* skipped by s_recv() */
+    }
     if (rc != LLMQ_OK) {
         return s_fail (h, rc, "bad message from the broker at %s: %s", h->endpoint,
                        *why ? why : llmq_strerror (rc));
@@ -538,6 +554,12 @@ llmq_connect (const char *endpoint, int timeout_ms, llmq **out)
     int zero = 0;
     zmq_setsockopt (h->sock, ZMQ_LINGER, &zero, sizeof (zero));
     zmq_setsockopt (h->sock, ZMQ_RCVHWM, &zero, sizeof (zero));
+    /* ZMTP heartbeats (answered by libzmq itself, invisible to the broker's
+       code) notice a broker that vanished without closing the connection,
+       so the handle reconnects and subscribes again. */
+    int ivl = 5000, ttl = 15000;
+    zmq_setsockopt (h->sock, ZMQ_HEARTBEAT_IVL, &ivl, sizeof (ivl));
+    zmq_setsockopt (h->sock, ZMQ_HEARTBEAT_TIMEOUT, &ttl, sizeof (ttl));
     s_monitor_start (h);
     if (zmq_connect (h->sock, endpoint) != 0) {
         int err = errno;

@@ -23,6 +23,13 @@
  *  -1 waits forever. On expiry the call returns #LLMQ_ERR_TIMEOUT and the
  *  handle stays usable.
  *
+ *  @par Reconnection
+ *  The socket reconnects by itself. When the connection comes back (after
+ *  a broker restart, say), the handle asks again for the results of every
+ *  job it still waits for (submitted here with notify, streamed, or waited
+ *  for), so none is lost. A call in progress when the broker went away
+ *  may end in #LLMQ_ERR_TIMEOUT: submit again with the same idempotency key.
+ *
  *  @par Memory
  *  Pointers passed in are only read during the call. Objects returned
  *  (#llmq_result, #llmq_event, strings) are owned by the caller and freed
