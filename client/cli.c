@@ -266,3 +266,30 @@ main (int argc, char **argv)
     fputs ("Try 'llmq --help'.\n", stderr);
     return CLI_EXIT_USAGE;
 }
+
+int
+cli_parse_json_only (cli_t *cli, int argc, char **argv, const char *usage, int *as_json)
+{
+    enum { OPT_JSON = 0x2001 };
+    static const struct option options[] = {
+        CLI_GLOBAL_OPTIONS,
+        { "json", no_argument, NULL, OPT_JSON },
+        { NULL, 0, NULL, 0 }
+    };
+    int opt;
+    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
+        if (opt == 'h') {
+            fputs (usage, stdout);
+            return CLI_EXIT_OK;
+        }
+        if (opt == OPT_JSON) {
+            *as_json = 1;
+            continue;
+        }
+        int rc = cli_option (cli, opt, optarg, argv);
+        if (rc >= 0) {
+            return rc;
+        }
+    }
+    return -1;
+}

@@ -32,6 +32,10 @@ typedef struct {
 /*  Handle a global option or a getopt error. Returns -1 if the option was
     handled, otherwise the exit code to leave with (CLI_EXIT_USAGE). */
 int  cli_option (cli_t *cli, int opt, const char *arg, char **argv);
+/*  Parse the options of a command whose only own option is --json (and
+    -h). Returns an exit code to return at once, or -1 to go on; optind is
+    left at the first operand. */
+int  cli_parse_json_only (cli_t *cli, int argc, char **argv, const char *usage, int *as_json);
 
 /*  "llmq: " + message on stderr. */
 void cli_error (const char *fmt, ...) __attribute__((format (printf, 1, 2)));

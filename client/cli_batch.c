@@ -660,30 +660,13 @@ s_one_batch_id (cli_t *cli, int argc, char **argv, const char **id)
 static int
 s_cmd_status (cli_t *cli, int argc, char **argv)
 {
-    enum { OPT_JSON = 0x2001 };
-    static const struct option options[] = {
-        CLI_GLOBAL_OPTIONS,
-        { "json", no_argument, NULL, OPT_JSON },
-        { NULL, 0, NULL, 0 }
-    };
     int as_json = 0;
-    int opt;
-    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
-        if (opt == 'h') {
-            fputs (s_status_usage, stdout);
-            return CLI_EXIT_OK;
-        }
-        if (opt == OPT_JSON) {
-            as_json = 1;
-            continue;
-        }
-        int rc = cli_option (cli, opt, optarg, argv);
-        if (rc >= 0) {
-            return rc;
-        }
+    int rc = cli_parse_json_only (cli, argc, argv, s_status_usage, &as_json);
+    if (rc >= 0) {
+        return rc;
     }
     const char *batch_id;
-    int rc = s_one_batch_id (cli, argc, argv, &batch_id);
+    rc = s_one_batch_id (cli, argc, argv, &batch_id);
     if (rc) {
         return rc;
     }

@@ -469,30 +469,13 @@ s_one_id (cli_t *cli, int argc, char **argv, uint64_t *id)
 int
 cmd_status (cli_t *cli, int argc, char **argv)
 {
-    enum { OPT_JSON = 0x2001 };
-    static const struct option options[] = {
-        CLI_GLOBAL_OPTIONS,
-        { "json", no_argument, NULL, OPT_JSON },
-        { NULL, 0, NULL, 0 }
-    };
     int as_json = 0;
-    int opt;
-    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
-        if (opt == 'h') {
-            fputs (s_status_usage, stdout);
-            return CLI_EXIT_OK;
-        }
-        if (opt == OPT_JSON) {
-            as_json = 1;
-            continue;
-        }
-        int rc = cli_option (cli, opt, optarg, argv);
-        if (rc >= 0) {
-            return rc;
-        }
+    int rc = cli_parse_json_only (cli, argc, argv, s_status_usage, &as_json);
+    if (rc >= 0) {
+        return rc;
     }
     uint64_t id;
-    int rc = s_one_id (cli, argc, argv, &id);
+    rc = s_one_id (cli, argc, argv, &id);
     if (rc) {
         return rc;
     }
@@ -733,33 +716,16 @@ s_print_tree (const json_t *value, int indent)
 int
 cmd_stats (cli_t *cli, int argc, char **argv)
 {
-    enum { OPT_JSON = 0x2001 };
-    static const struct option options[] = {
-        CLI_GLOBAL_OPTIONS,
-        { "json", no_argument, NULL, OPT_JSON },
-        { NULL, 0, NULL, 0 }
-    };
     int as_json = 0;
-    int opt;
-    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
-        if (opt == 'h') {
-            fputs (s_stats_usage, stdout);
-            return CLI_EXIT_OK;
-        }
-        if (opt == OPT_JSON) {
-            as_json = 1;
-            continue;
-        }
-        int rc = cli_option (cli, opt, optarg, argv);
-        if (rc >= 0) {
-            return rc;
-        }
+    int rc = cli_parse_json_only (cli, argc, argv, s_stats_usage, &as_json);
+    if (rc >= 0) {
+        return rc;
     }
     if (optind < argc) {
         return cli_usage_error (cli, "unexpected argument '%s'", argv[optind]);
     }
     llmq *h = NULL;
-    int rc = cli_connect (cli, &h);
+    rc = cli_connect (cli, &h);
     if (rc) {
         return rc;
     }

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <check.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -414,4 +415,15 @@ h_wait_mock_stat (harness_t *self, const char *key, long value, int timeout_ms)
         h_backoff ();
     } while (s_ms () < end);
     return false;
+}
+
+int
+h_run_suite (Suite *suite)
+{
+    signal (SIGPIPE, SIG_IGN);
+    SRunner *sr = srunner_create (suite);
+    srunner_run_all (sr, CK_NORMAL);
+    int failed = srunner_ntests_failed (sr);
+    srunner_free (sr);
+    return failed ? 1 : 0;
 }

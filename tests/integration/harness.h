@@ -75,6 +75,10 @@ bool h_wait_mock_stat (harness_t *self, const char *key, long value, int timeout
 /*  POST a JSON body to a mock control path, e.g. "/mock/faults". */
 int  h_mock_post (harness_t *self, const char *path, const char *json);
 
+/*  Run a Check suite (SIGPIPE ignored); returns main's exit status. */
+struct Suite;
+int  h_run_suite (struct Suite *suite);
+
 /*  Whole text of a file, or NULL. Caller frees. */
 char *h_slurp (const char *path);
 

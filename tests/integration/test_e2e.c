@@ -621,10 +621,5 @@ s_suite (void)
 int
 main (void)
 {
-    signal (SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create (s_suite ());
-    srunner_run_all (sr, CK_NORMAL);
-    int failed = srunner_ntests_failed (sr);
-    srunner_free (sr);
-    return failed ? 1 : 0;
+    return h_run_suite (s_suite ());
 }
