@@ -985,10 +985,8 @@ llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t 
     if (self->full) {
         return LLMQ_ERR_STORE_FULL;
     }
-    /*  A nested transaction, so that running out of space halfway leaves
-        the turn's transaction as it was: the other messages of the turn
-        still commit, and this one is refused (or retried once the map
-        has grown) whole. */
+    /*  Room first (page-rounded estimate): a submit that would not fit is
+        refused, or retried by the broker once the map has grown. */
     uint64_t need = 0;
     for (size_t i = 0; i < n; i++) {
         need += s_page_cost (self, strlen (jobs[i].body) + (jobs[i].meta ? strlen (jobs[i].meta) : 0) + 256);
@@ -997,7 +995,13 @@ llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t 
         return LLMQ_ERR_STORE_FULL;
     }
     self->turn_bytes += need;
-    int rc = llmq_store_save (self);
+    /*  When the map is tight, a nested transaction, so that running out of
+        space halfway leaves the turn's transaction as it was: the other
+        messages of the turn still commit, and this one is refused whole.
+        Otherwise the estimate above is the guard: a nested transaction
+        costs LMDB a 2 MiB dirty-page list per message. */
+    bool nested = self->tight;
+    int rc = nested ? llmq_store_save (self) : 0;
     if (rc) {
         return rc;
     }
@@ -1006,11 +1010,11 @@ llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t 
         rc = llmq_store_submit (self, &jobs[i], now, &dup);
         dups[i] = dup;
     }
-    if (rc) {
+    if (rc && nested) {
         llmq_store_rollback (self);
         return rc;
     }
-    return llmq_store_release (self);
+    return nested ? llmq_store_release (self) : rc;
 }
 
 int

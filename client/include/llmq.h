@@ -113,7 +113,11 @@ typedef struct llmq llmq;
 typedef struct {
     const char *model;            /**< model group, e.g. "gpt-4o-mini" */
     const char *body;             /**< request JSON, OpenAI chat.completions shape
-                                       ({"messages":[...], "max_tokens":...}) */
+                                       ({"messages":[...], "max_tokens":...}).
+                                       The library checks only its shape (an
+                                       object naming "messages"); a worker
+                                       fails a malformed body as an invalid
+                                       request. */
     int         priority;         /**< #llmq_priority; default #LLMQ_PRIO_URGENT (0) */
     int         stream;           /**< non-zero: stream chunks to the submitter */
     const char *idempotency_key;  /**< resubmitting a key returns the same job */

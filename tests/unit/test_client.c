@@ -481,7 +481,7 @@ START_TEST (test_rejections)
 
     /* Invalid jobs never leave the handle. */
     int before = fake->requests;
-    llmq_job bad = { .model = "m", .body = "{\"messages\": 3}" };
+    llmq_job bad = { .model = "m", .body = "{\"prompt\": \"no messages\"}" };
     ck_assert_int_eq (llmq_submit_many (h, &bad, 1, ids, 2000), LLMQ_ERR_INVALID);
     bad.body = "not json";
     ck_assert_int_eq (llmq_submit_many (h, &bad, 1, ids, 2000), LLMQ_ERR_INVALID);
