@@ -534,12 +534,16 @@ llmq_calls_timeout (llmq_worker_t *w)
     /*  curl calls the timer callback only when its next timeout changes.
         If it does not (we woke a hair before curl's own clock says the
         timer is due), keep the old deadline so that it fires again. */
-    int64_t due = w->curl_due_us;
     w->curl_timer_set = false;
     int running;
     curl_multi_socket_action (w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     if (!w->curl_timer_set) {
-        w->curl_due_us = due;
+        /*  Ask curl for its deadline: keeping the old one would leave a
+            past deadline behind once no transfer is left (curl does not
+            call back then) and the loop would spin at a 0 ms timeout. */
+        long ms = -1;
+        curl_multi_timeout (w->multi, &ms);
+        w->curl_due_us = ms < 0 ? -1 : (int64_t) (llmq_mono_us () + (uint64_t) (ms > 0 ? ms : 1) * 1000);
     }
 }
 

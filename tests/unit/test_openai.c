@@ -146,22 +146,29 @@ END_TEST
 
 START_TEST (test_request_text)
 {
-    /*  Numbers print as the client wrote them; text stays UTF-8. */
+    /*  A body without "model" or "stream" keys is not re-serialised: our
+        fields go in front, the client's text follows byte for byte, so
+        numbers print as the client wrote them and text stays UTF-8. */
     llmq_job_t job = { .id = 1, .lease = 1, .stream = false,
                        .body = "{\"messages\":[{\"role\":\"user\",\"content\":\"café 🚀\"}],"
                                "\"temperature\":0.2,\"top_p\":0.95}" };
     llmq_text_t out = { 0 };
     llmq_reply_t reply = { 0 };
     ck_assert_int_eq (openai->build (&s_dep, &job, &out, &reply), 0);
-    ck_assert_str_eq (out.p, "{\"messages\":[{\"role\":\"user\",\"content\":\"café 🚀\"}],"
-                             "\"temperature\":0.2,\"top_p\":0.95,"
-                             "\"model\":\"gpt-4o-mini-2024-07-18\",\"stream\":false}");
+    ck_assert_str_eq (out.p, "{\"model\":\"gpt-4o-mini-2024-07-18\",\"stream\":false,"
+                             "\"messages\":[{\"role\":\"user\",\"content\":\"café 🚀\"}],"
+                             "\"temperature\":0.2,\"top_p\":0.95}");
     /*  The buffer is reused: a shorter body after a longer one. */
     job.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
     ck_assert_int_eq (openai->build (&s_dep, &job, &out, &reply), 0);
     ck_assert_uint_eq (out.len, strlen (out.p));
-    ck_assert_str_eq (out.p, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                             "\"model\":\"gpt-4o-mini-2024-07-18\",\"stream\":false}");
+    ck_assert_str_eq (out.p, "{\"model\":\"gpt-4o-mini-2024-07-18\",\"stream\":false,"
+                             "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+    /*  A body that names its own model takes the full path: ours replaces it. */
+    job.body = "{\"model\":\"theirs\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    ck_assert_int_eq (openai->build (&s_dep, &job, &out, &reply), 0);
+    ck_assert_ptr_nonnull (strstr (out.p, "\"model\":\"gpt-4o-mini-2024-07-18\""));
+    ck_assert_ptr_null (strstr (out.p, "theirs"));
     llmq_text_free (&out);
     llmq_reply_free (&reply);
 }
