@@ -833,7 +833,40 @@ s_on_worker (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
         hb.cmd = LLMQ_CMD_HEARTBEAT;
         s_send (self, self->backend, from, &hb);
     }
-    else if (m.cmd == LLMQ_CMD_DONE || m.cmd == LLMQ_CMD_FAILED) {
+    else if (m.cmd == LLMQ_CMD_DONE) {
+        /*  A DONE may carry many results (the worker batches what finished
+            in one loop turn), each with its own id and lease. Its credit
+            counts once, now: the worker's slots are free whatever we do.
+            Results that do not fit in the store are retried next turn, in
+            a DONE of their own without credit. */
+        if (w) {
+            w->credit += m.slots;
+        }
+        for (size_t i = 0; i < m.nresults; i++) {
+            llmq_msg_t one = m;
+            one.results = &m.results[i];
+            one.nresults = 1;
+            one.id = m.results[i].id ? m.results[i].id : m.id;
+            one.lease = m.results[i].lease ? m.results[i].lease : m.lease;
+            one.slots = 0;
+            if (s_worker_report (self, w, &one, now)) {
+                llmq_msg_t rest = m;
+                rest.results = &m.results[i];
+                rest.nresults = m.nresults - i;
+                rest.id = one.id;
+                rest.lease = one.lease;
+                rest.slots = 0;
+                zmsg_t *again = llmq_msg_encode (&rest);
+                if (again) {
+                    zstr_free (&key);
+                    s_defer (self, self->backend, &from, &again);
+                    return false;
+                }
+                break;
+            }
+        }
+    }
+    else if (m.cmd == LLMQ_CMD_FAILED) {
         if (s_worker_report (self, w, &m, now)) {
             zstr_free (&key);
             s_defer (self, self->backend, &from, msg_p);

@@ -312,6 +312,7 @@ s_encode_result (const llmq_result_t *r, llmq_buf_t *out)
     s_put_u (&m, "start", r->started_us);
     s_put_u (&m, "fin", r->finished_us);
     s_put_u (&m, "lat", r->latency_us);
+    s_put_u (&m, "lease", r->lease);
     return s_map_end (&m);
 }
 
@@ -550,6 +551,7 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_U ("start", r->started_us, UINT64_MAX);
         GET_U ("fin", r->finished_us, UINT64_MAX);
         GET_U ("lat", r->latency_us, UINT64_MAX);
+        GET_U ("lease", r->lease, UINT64_MAX);
     }
     return 0;
 }
@@ -867,7 +869,8 @@ llmq_msg_decode_body (uint8_t cmd, const void *body, size_t len, llmq_msg_t *out
     }
     if ((cmd == LLMQ_CMD_SUBMIT && out->njobs == 0)
     ||  (cmd == LLMQ_CMD_DISPATCH && out->njobs != 1)
-    ||  ((cmd == LLMQ_CMD_DONE || cmd == LLMQ_CMD_FAILED || cmd == LLMQ_CMD_RESULT) && out->nresults != 1)) {
+    ||  (cmd == LLMQ_CMD_DONE && out->nresults == 0)
+    ||  ((cmd == LLMQ_CMD_FAILED || cmd == LLMQ_CMD_RESULT) && out->nresults != 1)) {
         return s_set_why (why, whylen, LLMQ_ERR_PROTOCOL, "wrong number of entries in ", llmq_cmd_name (cmd));
     }
     if (out->dups && d.ndups != out->nids) {

@@ -58,7 +58,7 @@ typedef enum {
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
     LLMQ_CMD_CREDIT     = 0x62,   /* slots: more credit granted (added) */
     LLMQ_CMD_HEARTBEAT  = 0x63,   /* (both directions) */
-    LLMQ_CMD_DONE       = 0x64,   /* id, lease, results[0] */
+    LLMQ_CMD_DONE       = 0x64,   /* id, lease, results[] (each with id and lease) */
     LLMQ_CMD_FAILED     = 0x65,   /* id, lease, results[0] (error_class, http_status, error), retry_after_ms */
     LLMQ_CMD_BYE        = 0x66,   /* */
     /* broker -> worker */
@@ -133,6 +133,7 @@ typedef struct {
     uint64_t started_us;        /* unix µs of the last dispatch */
     uint64_t finished_us;       /* unix µs */
     uint64_t latency_us;        /* provider call time measured by the worker */
+    uint64_t lease;             /* DONE: the lease this result is for (batched DONE) */
 } llmq_result_t;
 
 /*  One message of any command. Fields a command does not use stay zero. */

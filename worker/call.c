@@ -60,6 +60,35 @@ s_scrub (char *reason, const llmq_deployment_t *dep)
     }
 }
 
+/*  Keep a DONE result for the turn's batch: its strings are copied, as
+    the reply buffers are reused by the next call. */
+static int
+s_batch_add (llmq_worker_t *w, const llmq_result_t *res, uint64_t lease)
+{
+    if (w->nbatch == w->batch_cap) {
+        size_t cap = w->batch_cap ? w->batch_cap * 2 : 64;
+        llmq_result_t *v = realloc (w->batch, cap * sizeof *v);
+        if (!v) {
+            return -1;
+        }
+        w->batch = v;
+        w->batch_cap = cap;
+    }
+    llmq_result_t *r = &w->batch[w->nbatch];
+    *r = *res;
+    r->lease = lease;
+    r->content = llmq_arena_strdup (w->batch_arena, res->content);
+    r->finish_reason = llmq_arena_strdup (w->batch_arena, res->finish_reason);
+    r->deployment = llmq_arena_strdup (w->batch_arena, res->deployment);
+    r->request_id = llmq_arena_strdup (w->batch_arena, res->request_id);
+    if ((res->content && !r->content) || (res->finish_reason && !r->finish_reason)
+    ||  (res->deployment && !r->deployment) || (res->request_id && !r->request_id)) {
+        return -1;
+    }
+    w->nbatch++;
+    return 0;
+}
+
 /*  DONE or FAILED (slots=1) for a finished call. */
 static void
 s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deployment_t *dep,
@@ -80,8 +109,13 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
     };
     llmq_msg_t m = { .id = id, .lease = lease, .slots = 1, .results = &res, .nresults = 1 };
     if (reply->error_class == LLMQ_EC_NONE) {
-        m.cmd = LLMQ_CMD_DONE;
+        /*  Results that end in the same loop turn go as one DONE
+            (llmq_worker_flush_done): one message instead of one per job. */
         w->ndone++;
+        if (s_batch_add (w, &res, lease) == 0) {
+            return;
+        }
+        m.cmd = LLMQ_CMD_DONE;          /* out of memory: send it alone */
     }
     else {
         m.cmd = LLMQ_CMD_FAILED;

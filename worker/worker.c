@@ -75,6 +75,19 @@ llmq_worker_send (llmq_worker_t *w, const llmq_msg_t *m)
     w->last_send_ms = llmq_mono_ms ();
 }
 
+void
+llmq_worker_flush_done (llmq_worker_t *w)
+{
+    if (w->nbatch == 0) {
+        return;
+    }
+    llmq_msg_t m = { .cmd = LLMQ_CMD_DONE, .id = w->batch[0].id, .lease = w->batch[0].lease,
+                     .slots = (uint32_t) w->nbatch, .results = w->batch, .nresults = w->nbatch };
+    llmq_worker_send (w, &m);
+    w->nbatch = 0;
+    llmq_arena_reset (w->batch_arena);
+}
+
 static void
 s_send_hello (llmq_worker_t *w)
 {
@@ -262,6 +275,7 @@ llmq_worker_new (const llmq_config_t *cfg, const char *endpoint, uint32_t slots)
     w->liveness = cfg->liveness ? cfg->liveness : 3;
     w->max_message = cfg->max_message ? cfg->max_message : 64u * 1024 * 1024;
     w->arena = llmq_arena_new ();
+    w->batch_arena = llmq_arena_new ();
     if (gethostname (w->host, sizeof w->host - 1) != 0) {
         snprintf (w->host, sizeof w->host, "unknown");
     }
@@ -286,6 +300,8 @@ llmq_worker_destroy (llmq_worker_t **self_p)
     llmq_calls_fini (w);
     zsock_destroy (&w->sock);
     llmq_arena_destroy (&w->arena);
+    llmq_arena_destroy (&w->batch_arena);
+    free (w->batch);
     for (int i = 0; i < 2; i++) {
         if (w->pipe[i] >= 0) {
             close (w->pipe[i]);
@@ -373,6 +389,7 @@ llmq_worker_run (llmq_worker_t *w)
         }
         llmq_calls_collect (w);
         s_drain (w);
+        llmq_worker_flush_done (w);
 
         uint64_t now = llmq_mono_ms ();
         if (now - w->last_recv_ms >= w->heartbeat_ms * w->liveness) {
@@ -389,6 +406,7 @@ llmq_worker_run (llmq_worker_t *w)
         }
     }
     free (items);
+    llmq_worker_flush_done (w);
     /*  Stop: abort what runs (the broker requeues it on BYE), say BYE and
         give the socket a moment to deliver it. */
     uint32_t aborted = llmq_calls_abort_all (w);

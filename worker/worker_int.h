@@ -61,6 +61,9 @@ struct llmq_worker {
     char    host[256];          /* for HELLO */
     zsock_t *sock;              /* DEALER to the broker, NULL until run */
     llmq_arena_t *arena;        /* decoded broker messages, reset per message */
+    llmq_arena_t *batch_arena;  /* strings of the DONE results not sent yet */
+    llmq_result_t *batch;       /* DONE results of this loop turn, sent as one message */
+    size_t nbatch, batch_cap;
     int     pipe[2];            /* stop requests: [1] written, [0] polled */
     uint64_t heartbeat_ms;      /* [broker] heartbeat */
     uint32_t liveness;          /* heartbeats of silence before reconnecting */
@@ -111,5 +114,8 @@ void llmq_calls_socket_ready (llmq_worker_t *w, int fd, short revents);
 void llmq_calls_timeout (llmq_worker_t *w);
 /*  Finish the transfers curl completed: DONE or FAILED for each. */
 void llmq_calls_collect (llmq_worker_t *w);
+
+/*  Send the DONE results gathered this loop turn as one message. */
+void llmq_worker_flush_done (llmq_worker_t *w);
 
 #endif

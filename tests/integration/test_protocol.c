@@ -309,7 +309,7 @@ START_TEST (test_worker_survives_malformed_frames)
 {
     /* A long heartbeat: this fake broker sends none, and the worker must
        not give up on it and reconnect while the test runs. */
-    harness_t *h = h_new ("heartbeat = 10s\n");
+    harness_t *h = h_new ("heartbeat = 10s\nmax_message = 64KiB\n");
     llmq_arena_t *arena = llmq_arena_new ();
     zsock_t *b = zsock_new (ZMQ_ROUTER);
     zsock_set_rcvtimeo (b, T_WAIT);
@@ -333,19 +333,25 @@ START_TEST (test_worker_survives_malformed_frames)
         }
     }
     ck_assert_uint_eq (m.slots, 2);
-    /* Garbage of each kind. */
+    /* Garbage of each kind, and a body over max_message (64 KiB). */
     byte body[] = { 0x80 };
     byte dispatch = LLMQ_CMD_DISPATCH;
+    byte submit = LLMQ_CMD_SUBMIT;
+    byte *huge = (byte *) calloc (1, 100 * 1024);
     const void *bad[][3] = {
         { "XXXX\x01", &dispatch, body },
         { "LLMQ\x02", &dispatch, body },
         { s_sig, "\x99", body },
         { s_sig, &dispatch, body },                 /* DISPATCH without its fields */
-        { s_sig, &dispatch, "\xc1" },
+        { s_sig, &dispatch, "\xc1" },              /* not msgpack */
+        { s_sig, &dispatch, "\x81\xa4jobs\x91" }, /* truncated */
+        { s_sig, &dispatch, huge },                 /* too large */
+        { s_sig, &submit, "\x81\xa4jobs\x91\x82\xa5model\xa1m\xa4" "body\xa2{}" },  /* a client command */
     };
-    size_t sizes[][3] = { { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 } };
+    size_t sizes[][3] = { { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 1 }, { 5, 1, 7 },
+                          { 5, 1, 100 * 1024 }, { 5, 1, 24 } };
     int expect[] = { LLMQ_ERR_PROTOCOL, LLMQ_ERR_VERSION, LLMQ_ERR_UNKNOWN_COMMAND, LLMQ_ERR_PROTOCOL,
-                     LLMQ_ERR_PROTOCOL };
+                     LLMQ_ERR_PROTOCOL, LLMQ_ERR_PROTOCOL, LLMQ_ERR_TOO_LARGE, LLMQ_ERR_UNKNOWN_COMMAND };
     for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++) {
         zmsg_t *msg = zmsg_new ();
         zmsg_addmem (msg, zframe_data (who), zframe_size (who));
@@ -366,8 +372,9 @@ START_TEST (test_worker_survives_malformed_frames)
             }
         }
         ck_assert_int_eq (m.cmd, LLMQ_CMD_ERROR);
-        ck_assert_int_eq (m.code, expect[i]);
+        ck_assert_msg ((int) m.code == expect[i], "bad message %zu: code %u, expected %d", i, m.code, expect[i]);
     }
+    free (huge);
     /* An unknown deployment fails the job, and returns its slot. */
     llmq_job_t job = { 0 };
     job.id = 7;

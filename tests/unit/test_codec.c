@@ -887,7 +887,8 @@ START_TEST (test_refuses_missing_field)
 END_TEST
 
 //  Arrays with a size the protocol fixes: a SUBMIT of at least one job, a
-//  DISPATCH of exactly one, DONE, FAILED and RESULT with exactly one result.
+//  DISPATCH of exactly one, a DONE of at least one result (a worker batches
+//  them), FAILED and RESULT with exactly one result.
 START_TEST (test_refuses_wrong_entry_counts)
 {
     char why[256];
@@ -901,7 +902,7 @@ START_TEST (test_refuses_wrong_entry_counts)
 
     llmq_job_t jobs[2] = { s_full_job (0), s_full_job (1) };
     llmq_result_t results[2] = { s_full_result (0), s_full_result (1) };
-    uint8_t cmds[] = { LLMQ_CMD_DISPATCH, LLMQ_CMD_DONE, LLMQ_CMD_FAILED, LLMQ_CMD_RESULT };
+    uint8_t cmds[] = { LLMQ_CMD_DISPATCH, LLMQ_CMD_FAILED, LLMQ_CMD_RESULT };
     for (size_t i = 0; i < sizeof cmds; i++) {
         llmq_msg_t in = s_full_msg (cmds[i]);
         if (cmds[i] == LLMQ_CMD_DISPATCH) {
@@ -919,6 +920,34 @@ START_TEST (test_refuses_wrong_entry_counts)
         ck_assert_ptr_nonnull (strstr (why, llmq_cmd_name (cmds[i])));
         llmq_buf_free (&body);
     }
+}
+END_TEST
+
+//  A worker sends what finished in one loop turn as one DONE: every result
+//  names its own job and lease.
+START_TEST (test_batched_done)
+{
+    llmq_result_t res[3] = {
+        { .id = 10, .lease = 100, .content = "a", .latency_us = 5 },
+        { .id = 11, .lease = 101, .content = "bb" },
+        { .id = 12, .lease = 102, .content = "" },
+    };
+    llmq_msg_t in = { .cmd = LLMQ_CMD_DONE, .id = 10, .lease = 100, .slots = 3, .results = res, .nresults = 3 };
+    zmsg_t *msg = llmq_msg_encode (&in);
+    llmq_arena_t *arena = llmq_arena_new ();
+    llmq_msg_t out;
+    char why[256];
+    ck_assert_int_eq (llmq_msg_decode (msg, 0, &out, arena, why, sizeof why), LLMQ_OK);
+    ck_assert_uint_eq (out.nresults, 3);
+    ck_assert_uint_eq (out.slots, 3);
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_uint_eq (out.results[i].id, res[i].id);
+        ck_assert_uint_eq (out.results[i].lease, res[i].lease);
+        ck_assert_str_eq (out.results[i].content, res[i].content);
+    }
+    ck_assert_uint_eq (out.results[0].latency_us, 5);
+    llmq_arena_destroy (&arena);
+    zmsg_destroy (&msg);
 }
 END_TEST
 
@@ -1253,6 +1282,7 @@ s_codec_suite (void)
     tcase_add_loop_test (bodies, test_refuses_bad_field, 0, (int) (sizeof s_bad_bodies / sizeof s_bad_bodies[0]));
     tcase_add_loop_test (bodies, test_refuses_missing_field, 0, S_NCOMMANDS);
     tcase_add_test (bodies, test_refuses_wrong_entry_counts);
+    tcase_add_test (bodies, test_batched_done);
     tcase_add_test (bodies, test_refuses_too_many_entries);
     tcase_add_test (bodies, test_refuses_dups_mismatch);
     tcase_add_test (bodies, test_refuses_counts_beyond_the_body);
