@@ -115,12 +115,14 @@ static const s_key_t s_keys[] = {
     { S_DEPLOYMENT, "api_key_env", S_ENVNAME, offsetof (llmq_deployment_t, api_key_env), 0, 0 },
     { S_DEPLOYMENT, "timeout", S_DURATION, offsetof (llmq_deployment_t, timeout_ms), 1, S_DAY },
     { S_DEPLOYMENT, "connect_timeout", S_DURATION, offsetof (llmq_deployment_t, connect_timeout_ms), 1, S_HOUR },
+    { S_DEPLOYMENT, "max_tokens", S_COUNT, offsetof (llmq_deployment_t, max_tokens), 1, 10000000 },
+    { S_DEPLOYMENT, "api_version", S_TEXT, offsetof (llmq_deployment_t, api_version), 0, 0 },
     { S_GROUP, "deployments", S_NAMES, offsetof (llmq_group_t, deployments), 0, 0 },
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
 
 static const char *s_levels[] = { "error", "warn", "info", "debug" };
-static const char *s_providers[] = { "openai", "echo" };
+static const char *s_providers[] = { "openai", "azure", "anthropic", "gemini", "echo" };
 
 /*  Where each section and key was seen, for duplicate checks and for
     errors found after the whole file is read. 0 means "not in the file". */
@@ -815,7 +817,8 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
                                "error, warn, info or debug");
         case S_PROVIDER:
             return s_set_word (ctx, key, slot, value, s_providers,
-                               sizeof s_providers / sizeof s_providers[0], "openai or echo");
+                               sizeof s_providers / sizeof s_providers[0],
+                               "openai, azure, anthropic, gemini or echo");
         case S_TEXT:
             if (s_has_control (value) || strlen (value) > S_TEXT_MAX) {
                 return s_fail_value (ctx, key, value, "expected printable text of at most %d "
@@ -1005,12 +1008,26 @@ s_check (s_ctx_t *ctx)
         llmq_deployment_t *deployment = &config->deployments[i];
         int line = ctx->dep_lines[i].header;
         if (!deployment->provider) {
-            return s_fail (ctx, line, "[deployment %s]: provider is required (openai or echo)",
-                           deployment->name);
+            return s_fail (ctx, line, "[deployment %s]: provider is required "
+                           "(openai, azure, anthropic, gemini or echo)", deployment->name);
         }
-        if (strcmp (deployment->provider, "openai") == 0 && !deployment->base_url) {
-            return s_fail (ctx, line, "[deployment %s]: base_url is required for provider "
-                           "openai", deployment->name);
+        if ((strcmp (deployment->provider, "openai") == 0 || strcmp (deployment->provider, "azure") == 0)
+        &&  !deployment->base_url) {
+            return s_fail (ctx, line, "[deployment %s]: base_url is required for provider %s",
+                           deployment->name, deployment->provider);
+        }
+        /*  The providers with one public API get it by default. */
+        const char *dflt = strcmp (deployment->provider, "anthropic") == 0 ? "https://api.anthropic.com/v1"
+                         : strcmp (deployment->provider, "gemini") == 0
+                         ? "https://generativelanguage.googleapis.com/v1beta" : NULL;
+        if (dflt && !deployment->base_url) {
+            deployment->base_url = s_strdup (dflt);
+            if (!deployment->base_url) {
+                return s_fail (ctx, line, "out of memory");
+            }
+        }
+        if (strcmp (deployment->provider, "anthropic") == 0 && !deployment->max_tokens) {
+            deployment->max_tokens = 1024;
         }
         if (!deployment->model) {
             deployment->model = s_strdup (deployment->name);
@@ -1170,6 +1187,7 @@ llmq_config_destroy (llmq_config_t **self_p)
         llmq_deployment_t *deployment = &self->deployments[i];
         free (deployment->name);
         free (deployment->provider);
+        free (deployment->api_version);
         free (deployment->model);
         free (deployment->base_url);
         free (deployment->api_key_env);

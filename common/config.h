@@ -21,12 +21,16 @@
 
 typedef struct {
     char    *name;              /* [deployment NAME] */
-    char    *provider;          /* "openai" or "echo" (more in later versions) */
+    char    *provider;          /* "openai", "azure", "anthropic", "gemini" or "echo" */
     char    *model;             /* model name sent to the provider */
-    char    *base_url;          /* e.g. http://127.0.0.1:8080/v1 */
+    char    *base_url;          /* e.g. http://127.0.0.1:8080/v1; anthropic and gemini
+                                   default to the provider's public API */
     char    *api_key_env;       /* name of the env var holding the key, or NULL */
     uint64_t timeout_ms;        /* total time allowed for one call (default 60 s) */
     uint64_t connect_timeout_ms;/* default 5 s */
+    uint32_t max_tokens;        /* default max_tokens when a job gives none (0: the
+                                   provider's; anthropic requires one: 1024) */
+    char    *api_version;       /* azure api-version, anthropic-version header, or NULL */
 } llmq_deployment_t;
 
 typedef struct {

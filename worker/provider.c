@@ -14,6 +14,8 @@
     `const llmq_provider_t llmq_provider_NAME`. */
 #define LLMQ_PROVIDERS(X) \
     X(openai)             \
+    X(anthropic)          \
+    X(gemini)             \
     X(echo)
 
 #define S_DECLARE(name) extern const llmq_provider_t llmq_provider_##name;

@@ -45,6 +45,8 @@
 #include "mock_chat.h"
 #include "mock_dialect.h"
 #include "mock_openai.h"
+#include "mock_anthropic.h"
+#include "mock_gemini.h"
 #include "mock_server.h"
 #include "mock_stream.h"
 
@@ -52,6 +54,8 @@
 //  URL serves it. Add Anthropic and Gemini here.
 static const mock_dialect_t *s_dialects [] = {
     &mock_openai_dialect,
+    &mock_anthropic_dialect,
+    &mock_gemini_dialect,
     NULL
 };
 

@@ -213,6 +213,33 @@ START_TEST (test_worker_broker_follows_backend)
 }
 END_TEST
 
+//  Anthropic and Gemini have one public API each: base_url defaults to it.
+//  Anthropic requires max_tokens, so a deployment always has one.
+START_TEST (test_provider_defaults)
+{
+    llmq_config_t *config = llmq_config_load (
+        s_write ("[deployment claude]\nprovider = anthropic\nmodel = claude-sonnet-4\n"
+                 "[deployment gem]\nprovider = gemini\nmax_tokens = 300\n"
+                 "[deployment az]\nprovider = azure\nbase_url = https://x.openai.azure.com/openai/deployments/d\n"
+                 "api_version = 2024-10-21\n"), NULL, 0);
+    ck_assert_ptr_nonnull (config);
+    const llmq_deployment_t *c = llmq_config_deployment (config, "claude");
+    ck_assert_str_eq (c->base_url, "https://api.anthropic.com/v1");
+    ck_assert_uint_eq (c->max_tokens, 1024);
+    const llmq_deployment_t *g = llmq_config_deployment (config, "gem");
+    ck_assert_str_eq (g->base_url, "https://generativelanguage.googleapis.com/v1beta");
+    ck_assert_uint_eq (g->max_tokens, 300);
+    ck_assert_str_eq (g->model, "gem");
+    const llmq_deployment_t *a = llmq_config_deployment (config, "az");
+    ck_assert_str_eq (a->api_version, "2024-10-21");
+    ck_assert_uint_eq (a->max_tokens, 0);
+    llmq_config_destroy (&config);
+    char err[256];
+    ck_assert_ptr_null (llmq_config_load (s_write ("[deployment az]\nprovider = azure\n"), err, sizeof err));
+    ck_assert_ptr_nonnull (strstr (err, "base_url is required for provider azure"));
+}
+END_TEST
+
 START_TEST (test_layout_is_forgiving)
 {
     //  Indentation, CRLF, comments, a BOM, spaces in headers, an unused
@@ -342,7 +369,7 @@ static const s_bad_t s_bad[] = {
     { "[worker]\nbroker = 127.0.0.1:5556\n", 2, { "[worker] broker: expected a ZeroMQ endpoint" } },
     //  Deployments and groups
     { "[deployment a]\nprovider = claude\n", 2,
-      { "[deployment a] provider: expected openai or echo", "got 'claude'" } },
+      { "[deployment a] provider: expected openai, azure, anthropic, gemini or echo", "got 'claude'" } },
     { "[deployment a]\nmodel = x\n", 1, { "[deployment a]: provider is required" } },
     { "[deployment a]\nprovider = openai\n", 1,
       { "[deployment a]: base_url is required for provider openai" } },
@@ -532,6 +559,7 @@ s_config_suite (void)
     tcase_add_test (load, test_empty_file_gives_defaults);
     tcase_add_test (load, test_worker_broker_follows_backend);
     tcase_add_test (load, test_layout_is_forgiving);
+    tcase_add_test (load, test_provider_defaults);
 #ifdef LLMQ_SOURCE_DIR
     tcase_add_test (load, test_shipped_example);
 #endif
