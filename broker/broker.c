@@ -668,6 +668,11 @@ s_worker_remove (llmq_broker_t *self, s_worker_t *w, bool lost, uint64_t now)
         failure.error_class = LLMQ_EC_CONNECTION;
         failure.error = lost ? "worker stopped answering" : "worker left";
         int rc = llmq_store_requeue (self->store, id, l->lease, lost, 0, &failure, now, &final, self->arena);
+        if (rc == LLMQ_ERR_STORE_FULL) {
+            /* No room for a dead letter now: back to the queue uncounted,
+               rather than leaving it leased to a worker that is gone. */
+            rc = llmq_store_requeue (self->store, id, l->lease, false, 0, &failure, now, &final, self->arena);
+        }
         if (rc == LLMQ_ERR_JOB_FAILED) {
             s_push_result (self, &final);
         }
