@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define S_MAX_ROUTES 4096
 
@@ -69,6 +70,7 @@ struct llmq_store {
     bool tight;                     /* little room left: callers use savepoints */
     bool want_grow;                 /* a write did not fit: grow at the next check */
     uint64_t used;                  /* bytes in use at the last check_space */
+    uint64_t file_end;              /* bytes of the data file written (preallocated) */
     uint64_t turn_bytes;            /* estimate of bytes written since then */
 };
 
@@ -611,10 +613,56 @@ s_used_bytes (llmq_store_t *self, bool exact)
     return pages * st.ms_psize;
 }
 
+/*  Keep the data file written with zeros ahead of the pages in use. An
+    fdatasync that must also record a bigger file (and newly allocated
+    blocks) costs a journal commit; on a store whose file grows with every
+    commit that made durable throughput a third lower than on a store that
+    had already grown. So between turns, in small steps, the file is
+    extended and synced here, and LMDB's commits only overwrite blocks that
+    exist. Sync mode only: without fsync there is nothing to gain. */
+#define S_PREALLOC_AHEAD  (64u << 20)
+#define S_PREALLOC_STEP   (4u << 20)
+
+static void
+s_preallocate (llmq_store_t *self, uint64_t hwm)
+{
+    if (!self->opts.sync || self->file_end >= self->map_size || self->file_end >= hwm + S_PREALLOC_AHEAD) {
+        return;
+    }
+    int fd;
+    if (mdb_env_get_fd (self->env, &fd) != 0) {
+        return;
+    }
+    struct stat st;
+    if (fstat (fd, &st) != 0) {
+        return;
+    }
+    /*  Never below what LMDB wrote: only past the end of the file. */
+    uint64_t at = (uint64_t) st.st_size > self->file_end ? (uint64_t) st.st_size : self->file_end;
+    uint64_t end = at + S_PREALLOC_STEP;
+    if (end > self->map_size) {
+        end = self->map_size;
+    }
+    static const char zeros[64 * 1024];
+    while (at < end) {
+        size_t n = end - at < sizeof zeros ? (size_t) (end - at) : sizeof zeros;
+        ssize_t w = pwrite (fd, zeros, n, (off_t) at);
+        if (w <= 0) {
+            llmq_warn ("store: cannot preallocate the data file: %s", strerror (errno));
+            self->file_end = self->map_size;      /* do not try again */
+            return;
+        }
+        at += (uint64_t) w;
+    }
+    fdatasync (fd);
+    self->file_end = at;
+}
+
 bool
 llmq_store_check_space (llmq_store_t *self)
 {
     uint64_t used = s_used_bytes (self, false);
+    s_preallocate (self, used);
     /* Grow at 3/4 full (or when a write did not fit), doubling, up to the limit. */
     while ((used > self->map_size / 4 * 3 || self->want_grow) && self->map_size < self->opts.max_map_size) {
         self->want_grow = false;
