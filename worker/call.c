@@ -207,7 +207,9 @@ s_on_header (char *line, size_t size, size_t nitems, void *arg)
         end--;
     }
     int vlen = (int) (end - v);
-    if (nlen == 12 && strncasecmp (line, "x-request-id", 12) == 0) {
+    if ((nlen == 12 && strncasecmp (line, "x-request-id", 12) == 0)
+    ||  (nlen == 10 && strncasecmp (line, "request-id", 10) == 0)) {
+        /*  OpenAI says x-request-id, Anthropic request-id. */
         snprintf (c->request_id, sizeof c->request_id, "%.*s", vlen, v);
     }
     else if (nlen == 11 && strncasecmp (line, "retry-after", 11) == 0) {

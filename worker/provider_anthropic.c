@@ -1,12 +1,698 @@
-/*  provider_anthropic.c -- placeholder: the anthropic adapter is being written. Until
-    then a job routed to a anthropic deployment fails with a clear reason. */
+/*  provider_anthropic.c -- Anthropic's Messages API (POST /v1/messages).
+
+    Jobs carry an OpenAI chat.completions body; this adapter rewrites it:
+
+      OpenAI job body                     Anthropic request
+      messages[role=system|developer]  -> "system": their texts joined by a
+                                          blank line ("\n\n")
+      messages[role=user|assistant]    -> "messages": content a string, or
+                                          [{"type":"text","text"}] blocks for
+                                          an array of text parts
+      max_completion_tokens, max_tokens-> "max_tokens" (the first given;
+                                          else the deployment's; Anthropic
+                                          requires it)
+      temperature, top_p               -> the same names
+      stop (string or array)           -> "stop_sequences" (array)
+      user                             -> "metadata": {"user_id"}
+      the job's stream flag            -> "stream"
+      the deployment's model           -> "model"
+
+    Anthropic refuses unknown fields ("Extra inputs are not permitted"), so
+    every other field (n, response_format, logprobs...) is left out. What
+    we cannot translate faithfully is refused as an invalid request rather
+    than silently changed: tool and function messages, tool definitions,
+    and content parts other than text (images, audio, files).
+
+    Answers:
+      non-streamed  {"id","type":"message","content":[{"type":"text","text"}...],
+                     "stop_reason","usage":{"input_tokens","output_tokens"}}
+      streamed      event: message_start / content_block_start / ping /
+                    content_block_delta (text_delta) ... / content_block_stop /
+                    message_delta (stop_reason, usage) / message_stop, and
+                    possibly "event: error" in the middle of it all
+      errors        {"type":"error","error":{"type","message"}}
+
+    Token counts: prompt_tokens is input_tokens plus the prompt-cache
+    fields (cache_creation_input_tokens, cache_read_input_tokens), which
+    Anthropic reports apart; OpenAI's prompt_tokens includes cached tokens.
+
+    A stream's answer counts as whole once message_delta brings a
+    stop_reason (or message_stop arrives): the text and the usage are all
+    in by then, and message_stop carries nothing more.
+*/
 #include "provider.h"
 
-static int
-s_answer (const llmq_deployment_t *dep, const llmq_job_t *job, llmq_reply_t *reply,
-          llmq_delta_fn *emit, void *arg)
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#define S_PATH          "/messages"
+#define S_DEFAULT_URL   "https://api.anthropic.com/v1"
+#define S_VERSION       "2023-06-01"
+#define S_MAX_TOKENS    1024    /* if neither the job nor the deployment says */
+
+/*  --- endpoint --------------------------------------------------------- */
+
+/*  True if `s` can go into a header line as is: printable ASCII, so no
+    CR or LF can smuggle in a header of its own. */
+static bool
+s_header_safe (const char *s)
 {
-    return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "provider anthropic is not built in this version");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char) *s;
+        if (c < 0x20 || c >= 0x7f) {
+            return false;
+        }
+    }
+    return true;
 }
 
-const llmq_provider_t llmq_provider_anthropic = { .name = "anthropic", .answer = s_answer };
+/*  Append "name: value" to the list; the line is wiped from our memory
+    after curl copied it (it may hold the key). */
+static int
+s_header (struct curl_slist **list, const char *name, const char *value)
+{
+    size_t len = strlen (name) + 2 + strlen (value) + 1;
+    char *line = malloc (len);
+    if (!line) {
+        return -1;
+    }
+    snprintf (line, len, "%s: %s", name, value);
+    struct curl_slist *h = curl_slist_append (*list, line);
+    explicit_bzero (line, len);
+    free (line);
+    if (!h) {
+        return -1;
+    }
+    *list = h;
+    return 0;
+}
+
+static int
+s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *reply)
+{
+    memset (ep, 0, sizeof *ep);
+    /*  The config fills in the public URL; a deployment built by hand
+        (tests, tools) gets it here too. */
+    const char *base = dep->base_url && *dep->base_url ? dep->base_url : S_DEFAULT_URL;
+    const char *version = dep->api_version && *dep->api_version ? dep->api_version : S_VERSION;
+    if (!s_header_safe (version)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL,
+                                "api_version of deployment %s is not printable ASCII", dep->name);
+    }
+    const char *key = NULL;
+    if (dep->api_key_env && *dep->api_key_env) {
+        key = getenv (dep->api_key_env);
+        if (!key || !*key) {
+            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
+                                    "environment variable %s (api_key_env of deployment %s) is not set",
+                                    dep->api_key_env, dep->name);
+        }
+        if (!s_header_safe (key)) {
+            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
+                                    "environment variable %s (api_key_env of deployment %s) holds "
+                                    "characters not allowed in a header", dep->api_key_env, dep->name);
+        }
+    }
+    size_t n = strlen (base);
+    while (n > 0 && base[n - 1] == '/') {
+        n--;
+    }
+    ep->url = malloc (n + sizeof S_PATH);
+    if (!ep->url) {
+        goto oom;
+    }
+    memcpy (ep->url, base, n);
+    memcpy (ep->url + n, S_PATH, sizeof S_PATH);
+    if (s_header (&ep->headers, "Content-Type", "application/json")
+        || s_header (&ep->headers, "anthropic-version", version)
+        || (key && s_header (&ep->headers, "x-api-key", key))) {
+        goto oom;
+    }
+    /*  No "Expect: 100-continue" round trip before large bodies. */
+    struct curl_slist *h = curl_slist_append (ep->headers, "Expect:");
+    if (!h) {
+        goto oom;
+    }
+    ep->headers = h;
+    return 0;
+
+oom:
+    llmq_endpoint_free (ep);
+    return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+}
+
+/*  --- request ---------------------------------------------------------- */
+
+/*  Refuse the job with INVALID_REQUEST; returns -1. */
+#define S_REFUSE(reply, ...) llmq_reply_fail ((reply), LLMQ_EC_INVALID_REQUEST, __VA_ARGS__)
+
+/*  Append `text` to the system prompt, a blank line between pieces. */
+static int
+s_system_add (llmq_text_t *system, const char *text, size_t len)
+{
+    if (system->len > 0 && llmq_text_add (system, "\n\n", 2)) {
+        return -1;
+    }
+    return llmq_text_add (system, text, len);
+}
+
+/*  The text parts of an OpenAI content array as Anthropic text blocks
+    (into *blocks, new), or, when `system` is given, appended to it.
+    Returns 0, or -1 with the reply failed. */
+static int
+s_parts (json_t *content, size_t index, json_t **blocks, llmq_text_t *system,
+         llmq_reply_t *reply)
+{
+    if (blocks) {
+        *blocks = json_array ();
+        if (!*blocks) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    size_t i;
+    json_t *part;
+    json_array_foreach (content, i, part) {
+        const char *type = json_string_value (json_object_get (part, "type"));
+        json_t *text = json_object_get (part, "text");
+        if (!type || strcmp (type, "text") != 0) {
+            return S_REFUSE (reply, "messages[%zu].content[%zu]: part type '%.40s' is not "
+                             "supported by the anthropic adapter (text only)",
+                             index, i, type ? type : "?");
+        }
+        if (!json_is_string (text)) {
+            return S_REFUSE (reply, "messages[%zu].content[%zu] has no \"text\" string", index, i);
+        }
+        if (system) {
+            if (s_system_add (system, json_string_value (text), json_string_length (text))) {
+                return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            }
+        }
+        else if (json_array_append_new (*blocks, json_pack ("{s:s,s:O}", "type", "text", "text", text))) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    return 0;
+}
+
+/*  OpenAI "messages" into Anthropic's "messages" (out, an array) and the
+    system prompt. Returns 0, or -1 with the reply failed. */
+static int
+s_messages (json_t *messages, json_t *out, llmq_text_t *system, llmq_reply_t *reply)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach (messages, i, m) {
+        const char *role = json_string_value (json_object_get (m, "role"));
+        if (!role) {
+            return S_REFUSE (reply, "messages[%zu] has no \"role\" string", i);
+        }
+        json_t *content = json_object_get (m, "content");
+        bool is_system = strcmp (role, "system") == 0 || strcmp (role, "developer") == 0;
+        if (!is_system && strcmp (role, "user") != 0 && strcmp (role, "assistant") != 0) {
+            return S_REFUSE (reply, "messages[%zu]: role '%.40s' is not supported by the "
+                             "anthropic adapter (system, developer, user, assistant)", i, role);
+        }
+        if (json_object_get (m, "tool_calls") || json_object_get (m, "function_call")) {
+            return S_REFUSE (reply, "messages[%zu]: tool calls are not supported by the "
+                             "anthropic adapter", i);
+        }
+        if (!json_is_string (content) && !json_is_array (content)) {
+            return S_REFUSE (reply, "messages[%zu] has no \"content\" string or array", i);
+        }
+        if (is_system && json_is_array (content)) {
+            if (s_parts (content, i, NULL, system, reply)) {
+                return -1;
+            }
+            continue;
+        }
+        if (is_system) {
+            if (s_system_add (system, json_string_value (content), json_string_length (content))) {
+                return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            }
+            continue;
+        }
+        json_t *value = NULL;
+        if (json_is_string (content)) {
+            value = json_incref (content);
+        }
+        else if (s_parts (content, i, &value, NULL, reply)) {
+            json_decref (value);
+            return -1;
+        }
+        if (json_array_append_new (out, json_pack ("{s:s,s:o}", "role", role, "content", value))) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    if (json_array_size (out) == 0) {
+        return S_REFUSE (reply, "job body has no user or assistant message");
+    }
+    return 0;
+}
+
+/*  max_tokens for the request: the job's max_completion_tokens or
+    max_tokens, else the deployment's, else S_MAX_TOKENS. Returns 0, or -1
+    with the reply failed for a bad value. */
+static int
+s_max_tokens (json_t *root, const llmq_deployment_t *dep, json_int_t *out, llmq_reply_t *reply)
+{
+    static const char *keys[] = { "max_completion_tokens", "max_tokens" };
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_object_get (root, keys[i]);
+        if (!v || json_is_null (v)) {
+            continue;
+        }
+        if (!json_is_integer (v) || json_integer_value (v) < 1) {
+            return S_REFUSE (reply, "\"%s\" must be an integer >= 1", keys[i]);
+        }
+        *out = json_integer_value (v);
+        return 0;
+    }
+    *out = dep->max_tokens ? (json_int_t) dep->max_tokens : S_MAX_TOKENS;
+    return 0;
+}
+
+/*  Copy the numeric field `key` if the job sets it. */
+static int
+s_number (json_t *root, json_t *req, const char *key, llmq_reply_t *reply)
+{
+    json_t *v = json_object_get (root, key);
+    if (!v || json_is_null (v)) {
+        return 0;
+    }
+    if (!json_is_number (v)) {
+        return S_REFUSE (reply, "\"%s\" must be a number", key);
+    }
+    if (json_object_set (req, key, v)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
+/*  OpenAI "stop" (a string or an array of strings) as "stop_sequences". */
+static int
+s_stop (json_t *root, json_t *req, llmq_reply_t *reply)
+{
+    json_t *stop = json_object_get (root, "stop");
+    if (!stop || json_is_null (stop)) {
+        return 0;
+    }
+    json_t *seqs = json_array ();
+    if (!seqs) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    if (json_is_string (stop)) {
+        json_array_append (seqs, stop);
+    }
+    else if (json_is_array (stop)) {
+        size_t i;
+        json_t *s;
+        json_array_foreach (stop, i, s) {
+            if (!json_is_string (s)) {
+                json_decref (seqs);
+                return S_REFUSE (reply, "\"stop\" must be a string or an array of strings");
+            }
+            json_array_append (seqs, s);
+        }
+    }
+    else {
+        json_decref (seqs);
+        return S_REFUSE (reply, "\"stop\" must be a string or an array of strings");
+    }
+    if (json_array_size (seqs) == 0) {
+        json_decref (seqs);
+        return 0;
+    }
+    if (json_object_set_new (req, "stop_sequences", seqs)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
+/*  True if the job defines tools or functions (a non-empty array). */
+static bool
+s_has_tools (json_t *root)
+{
+    return json_array_size (json_object_get (root, "tools")) > 0
+        || json_array_size (json_object_get (root, "functions")) > 0;
+}
+
+static int
+s_build (const llmq_deployment_t *dep, const llmq_job_t *job, llmq_text_t *body,
+         llmq_reply_t *reply)
+{
+    body->len = 0;
+    if (!job->body || !*job->body) {
+        return S_REFUSE (reply, "job has no body");
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb (job->body, strlen (job->body), 0, &jerr);
+    if (!root) {
+        return S_REFUSE (reply, "job body is not JSON: %s at offset %d", jerr.text, jerr.position);
+    }
+    json_t *req = NULL;
+    json_t *msgs = NULL;
+    llmq_text_t system = { 0 };
+    int rc = -1;
+    if (!json_is_object (root)) {
+        S_REFUSE (reply, "job body is not a JSON object");
+        goto done;
+    }
+    json_t *messages = json_object_get (root, "messages");
+    if (!json_is_array (messages) || json_array_size (messages) == 0) {
+        S_REFUSE (reply, "job body has no \"messages\" array");
+        goto done;
+    }
+    if (s_has_tools (root)) {
+        S_REFUSE (reply, "tools are not supported by the anthropic adapter");
+        goto done;
+    }
+    const char *model = dep->model && *dep->model ? dep->model : job->model;
+    if (!model || !*model) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "deployment %s has no model", dep->name);
+        goto done;
+    }
+    json_int_t max_tokens = 0;
+    if (s_max_tokens (root, dep, &max_tokens, reply)) {
+        goto done;
+    }
+    msgs = json_array ();
+    if (!msgs) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        goto done;
+    }
+    if (s_messages (messages, msgs, &system, reply)) {
+        goto done;
+    }
+    /*  Fields in the order of Anthropic's own examples. */
+    req = json_pack ("{s:s,s:I}", "model", model, "max_tokens", max_tokens);
+    if (!req) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "cannot set model (out of memory or not UTF-8)");
+        goto done;
+    }
+    if ((system.len > 0 && json_object_set_new (req, "system", json_stringn (system.p, system.len)))
+        || json_object_set (req, "messages", msgs)) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory or system text not UTF-8");
+        goto done;
+    }
+    if (s_number (root, req, "temperature", reply) || s_number (root, req, "top_p", reply)
+        || s_stop (root, req, reply)) {
+        goto done;
+    }
+    json_t *user = json_object_get (root, "user");
+    if (json_is_string (user) && json_string_length (user) > 0
+        && json_object_set_new (req, "metadata", json_pack ("{s:O}", "user_id", user))) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        goto done;
+    }
+    if (json_object_set_new (req, "stream", json_boolean (job->stream))) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        goto done;
+    }
+    /*  Serialise into the reused buffer; 15 digits print 0.2 as 0.2. */
+    const size_t flags = JSON_COMPACT | JSON_REAL_PRECISION (15);
+    size_t need = json_dumpb (req, body->p, body->cap, flags);
+    if (need == 0) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "cannot serialise the request");
+        goto done;
+    }
+    if (need + 1 > body->cap) {
+        if (llmq_text_reserve (body, need)) {
+            llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            goto done;
+        }
+        json_dumpb (req, body->p, body->cap, flags);
+    }
+    body->len = need;
+    body->p[need] = '\0';
+    rc = 0;
+done:
+    llmq_text_free (&system);
+    json_decref (msgs);
+    json_decref (req);
+    json_decref (root);
+    return rc;
+}
+
+/*  --- answers ---------------------------------------------------------- */
+
+/*  OpenAI's finish_reason for an Anthropic stop_reason; unknown reasons
+    pass through unchanged (a new one is better seen than hidden). */
+static const char *
+s_finish (const char *stop_reason)
+{
+    static const char *map[][2] = {
+        { "end_turn", "stop" },
+        { "stop_sequence", "stop" },
+        { "max_tokens", "length" },
+        { "model_context_window_exceeded", "length" },
+        { "tool_use", "tool_calls" },
+        { "refusal", "content_filter" },
+    };
+    for (size_t i = 0; stop_reason && i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp (stop_reason, map[i][0]) == 0) {
+            return map[i][1];
+        }
+    }
+    return stop_reason;
+}
+
+/*  Error class of an Anthropic error type (an error event in a stream or
+    a 2xx body carries no status). */
+static int
+s_type_class (const char *type)
+{
+    static const struct { const char *type; int ec; } map[] = {
+        { "invalid_request_error", LLMQ_EC_INVALID_REQUEST },
+        { "not_found_error", LLMQ_EC_INVALID_REQUEST },
+        { "request_too_large", LLMQ_EC_INVALID_REQUEST },
+        { "authentication_error", LLMQ_EC_AUTH },
+        { "permission_error", LLMQ_EC_AUTH },
+        { "billing_error", LLMQ_EC_AUTH },
+        { "rate_limit_error", LLMQ_EC_RATE_LIMITED },
+        { "overloaded_error", LLMQ_EC_RATE_LIMITED },
+        { "timeout_error", LLMQ_EC_TIMEOUT },
+        { "api_error", LLMQ_EC_SERVER },
+    };
+    for (size_t i = 0; type && i < sizeof map / sizeof map[0]; i++) {
+        if (strcmp (type, map[i].type) == 0) {
+            return map[i].ec;
+        }
+    }
+    return LLMQ_EC_SERVER;
+}
+
+/*  Fail the reply from {"type":"error","error":{"type","message"}} (the
+    outer object); `ec` < 0 takes the class from the error's type. */
+static int
+s_error (json_t *root, int ec, llmq_reply_t *reply)
+{
+    json_t *error = json_object_get (root, "error");
+    const char *type = json_string_value (json_object_get (error, "type"));
+    const char *msg = json_string_value (json_object_get (error, "message"));
+    if (ec < 0) {
+        ec = s_type_class (type);
+    }
+    if (type && msg) {
+        return llmq_reply_fail (reply, ec, "%s: %s", type, msg);
+    }
+    return llmq_reply_fail (reply, ec, "%s", msg ? msg : type ? type : "provider sent an error");
+}
+
+static uint32_t
+s_count (json_t *usage, const char *key)
+{
+    json_int_t n = json_integer_value (json_object_get (usage, key));
+    return n > 0 && n <= UINT32_MAX ? (uint32_t) n : 0;
+}
+
+/*  Token counts from a usage object; fields absent leave the counts as
+    they are (a stream reports input in message_start, output later). */
+static void
+s_usage (json_t *usage, llmq_reply_t *reply)
+{
+    if (!json_is_object (usage)) {
+        return;
+    }
+    if (json_object_get (usage, "input_tokens")) {
+        uint64_t p = (uint64_t) s_count (usage, "input_tokens")
+                   + s_count (usage, "cache_creation_input_tokens")
+                   + s_count (usage, "cache_read_input_tokens");
+        reply->prompt_tokens = p <= UINT32_MAX ? (uint32_t) p : UINT32_MAX;
+    }
+    if (json_object_get (usage, "output_tokens")) {
+        reply->completion_tokens = s_count (usage, "output_tokens");
+    }
+}
+
+static int
+s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb (body, len, 0, &jerr);
+    if (!root) {
+        return llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "response is not JSON: %s", jerr.text);
+    }
+    int rc = -1;
+    if (!json_is_object (root)) {
+        llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "response is not a JSON object");
+        goto done;
+    }
+    const char *type = json_string_value (json_object_get (root, "type"));
+    if ((type && strcmp (type, "error") == 0) || json_is_object (json_object_get (root, "error"))) {
+        s_error (root, -1, reply);
+        goto done;
+    }
+    json_t *content = json_object_get (root, "content");
+    if (!json_is_array (content)) {
+        llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "response has no \"content\" array");
+        goto done;
+    }
+    /*  Text blocks in order; tool_use, thinking and other blocks carry no
+        text for the client. */
+    if (llmq_text_add (&reply->content, "", 0)) {
+        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        goto done;
+    }
+    size_t i;
+    json_t *block;
+    json_array_foreach (content, i, block) {
+        const char *btype = json_string_value (json_object_get (block, "type"));
+        if (!btype || strcmp (btype, "text") != 0) {
+            continue;
+        }
+        json_t *text = json_object_get (block, "text");
+        if (!json_is_string (text)) {
+            llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "content[%zu] has no \"text\" string", i);
+            goto done;
+        }
+        if (llmq_text_add (&reply->content, json_string_value (text), json_string_length (text))) {
+            llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            goto done;
+        }
+    }
+    llmq_reply_set_finish (reply, s_finish (json_string_value (json_object_get (root, "stop_reason"))));
+    llmq_reply_set_request_id (reply, json_string_value (json_object_get (root, "id")));
+    s_usage (json_object_get (root, "usage"), reply);
+    rc = 0;
+done:
+    json_decref (root);
+    return rc;
+}
+
+/*  Add streamed text to the reply and hand it on. */
+static int
+s_text (json_t *text, llmq_reply_t *reply, llmq_delta_fn *emit, void *arg)
+{
+    size_t n = json_string_length (text);
+    if (!json_is_string (text) || n == 0) {
+        return 0;
+    }
+    if (llmq_text_add (&reply->content, json_string_value (text), n)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    if (emit) {
+        emit (arg, json_string_value (text), n);
+    }
+    return 0;
+}
+
+static int
+s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *reply,
+               llmq_delta_fn *emit, void *arg)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb (data, len, 0, &jerr);
+    if (!root || !json_is_object (root)) {
+        json_decref (root);
+        return llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "stream event%s%s is not a JSON object",
+                                event ? " " : "", event ? event : "");
+    }
+    /*  The data's "type" names the event; the "event:" line repeats it. */
+    const char *type = json_string_value (json_object_get (root, "type"));
+    if (!type) {
+        type = event ? event : "";
+    }
+    int rc = 0;
+    if (strcmp (type, "content_block_delta") == 0) {
+        json_t *delta = json_object_get (root, "delta");
+        const char *dtype = json_string_value (json_object_get (delta, "type"));
+        /*  input_json_delta, thinking_delta, signature_delta: not text. */
+        if (dtype && strcmp (dtype, "text_delta") == 0) {
+            rc = s_text (json_object_get (delta, "text"), reply, emit, arg);
+        }
+    }
+    else if (strcmp (type, "message_start") == 0) {
+        json_t *message = json_object_get (root, "message");
+        llmq_reply_set_request_id (reply, json_string_value (json_object_get (message, "id")));
+        s_usage (json_object_get (message, "usage"), reply);
+    }
+    else if (strcmp (type, "content_block_start") == 0) {
+        /*  Text blocks start empty, but nothing says they must. */
+        json_t *block = json_object_get (root, "content_block");
+        const char *btype = json_string_value (json_object_get (block, "type"));
+        if (btype && strcmp (btype, "text") == 0) {
+            rc = s_text (json_object_get (block, "text"), reply, emit, arg);
+        }
+    }
+    else if (strcmp (type, "message_delta") == 0) {
+        const char *stop = json_string_value (json_object_get (json_object_get (root, "delta"),
+                                                               "stop_reason"));
+        if (stop) {
+            llmq_reply_set_finish (reply, s_finish (stop));
+        }
+        s_usage (json_object_get (root, "usage"), reply);
+    }
+    else if (strcmp (type, "message_stop") == 0) {
+        reply->finished = true;
+    }
+    else if (strcmp (type, "error") == 0 || (event && strcmp (event, "error") == 0)) {
+        rc = s_error (root, -1, reply);
+    }
+    /*  ping, content_block_stop and event types added later: nothing to do. */
+    json_decref (root);
+    return rc;
+}
+
+/*  A short printable excerpt of a body that is not a JSON error. */
+static void
+s_excerpt (const char *body, size_t len, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < outlen && n < 120; i++) {
+        unsigned char c = (unsigned char) body[i];
+        out[n++] = c >= 0x20 && c < 0x7f ? (char) c : ' ';
+    }
+    out[n] = '\0';
+}
+
+static void
+s_classify (long status, const char *body, size_t len, llmq_reply_t *reply)
+{
+    /*  The status decides the class (529 overloaded is RATE_LIMITED);
+        the body only says why. */
+    int ec = llmq_http_error_class (status);
+    json_t *root = body && len ? json_loadb (body, len, 0, NULL) : NULL;
+    json_t *error = json_object_get (root, "error");
+    if (json_is_string (json_object_get (error, "message"))
+        || json_is_string (json_object_get (error, "type"))) {
+        s_error (root, ec, reply);
+    }
+    else {
+        char excerpt[128];
+        s_excerpt (body ? body : "", body ? len : 0, excerpt, sizeof excerpt);
+        llmq_reply_fail (reply, ec, "HTTP %ld%s%s", status, *excerpt ? ": " : "", excerpt);
+    }
+    json_decref (root);
+}
+
+const llmq_provider_t llmq_provider_anthropic = {
+    .name = "anthropic",
+    .endpoint = s_endpoint,
+    .build = s_build,
+    .parse_response = s_parse_response,
+    .parse_event = s_parse_event,
+    .classify = s_classify,
+};
