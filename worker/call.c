@@ -467,7 +467,7 @@ llmq_call_start (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deplo
     }
     uint64_t connect_ms = dep->connect_timeout_ms ? dep->connect_timeout_ms : S_DEFAULT_CONNECT_MS;
     CURL *e = c->easy;
-    curl_easy_setopt (e, CURLOPT_URL, ep->url);
+    curl_easy_setopt (e, CURLOPT_URL, job->stream && ep->stream_url ? ep->stream_url : ep->url);
     curl_easy_setopt (e, CURLOPT_HTTPHEADER, ep->headers);
     curl_easy_setopt (e, CURLOPT_POSTFIELDS, c->req.p);
     curl_easy_setopt (e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) c->req.len);

@@ -159,6 +159,8 @@ llmq_endpoint_free (llmq_endpoint_t *ep)
 {
     free (ep->url);
     ep->url = NULL;
+    free (ep->stream_url);
+    ep->stream_url = NULL;
     curl_slist_free_all (ep->headers);
     ep->headers = NULL;
 }

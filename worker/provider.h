@@ -67,6 +67,8 @@ void llmq_reply_set_request_id (llmq_reply_t *r, const char *request_id);
 /*  Fixed parts of every request to one deployment, built once. */
 typedef struct {
     char *url;                  /* full URL of the call (malloc'd) */
+    char *stream_url;           /* URL of a streamed job when it differs from
+                                   url (malloc'd; Gemini), or NULL */
     struct curl_slist *headers; /* request headers, may hold the API key */
 } llmq_endpoint_t;
 
