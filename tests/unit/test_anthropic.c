@@ -6,6 +6,7 @@
     event, and error bodies. A job body (anthropic_job.json) is in the
     OpenAI shape every job has. No network: adapters never see one.
 */
+#include "fixture.h"
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +18,6 @@
 #include "provider.h"
 #include "sse.h"
 
-#ifndef LLMQ_FIXTURES
-#   define LLMQ_FIXTURES "tests/unit/fixtures"
-#endif
 
 #define S_KEY_ENV "LLMQ_TEST_ANTHROPIC_KEY"
 #define S_KEY     "sk-ant-api03-test0123456789SECRET"
@@ -37,26 +35,6 @@ static llmq_deployment_t s_dep = {
     .max_tokens = 1024,
 };
 
-static char *
-s_read (const char *name, size_t *len)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/%s", LLMQ_FIXTURES, name);
-    FILE *f = fopen (path, "rb");
-    ck_assert_msg (f != NULL, "cannot open %s", path);
-    fseek (f, 0, SEEK_END);
-    long n = ftell (f);
-    fseek (f, 0, SEEK_SET);
-    char *buf = malloc ((size_t) n + 1);
-    ck_assert_ptr_nonnull (buf);
-    ck_assert_uint_eq (fread (buf, 1, (size_t) n, f), (size_t) n);
-    buf[n] = '\0';
-    fclose (f);
-    if (len) {
-        *len = (size_t) n;
-    }
-    return buf;
-}
 
 static void
 s_setup (void)
@@ -113,7 +91,7 @@ s_build (const char *body, bool stream, llmq_reply_t *reply, int expect_rc)
 
 START_TEST (test_request_translated)
 {
-    char *body = s_read ("anthropic_job.json", NULL);
+    char *body = fixture_read ("anthropic_job.json", NULL);
     llmq_reply_t reply = { 0 };
     json_t *req = s_build (body, true, &reply, 0);
     /*  Only fields the Messages API knows: it refuses any other. */
@@ -327,7 +305,7 @@ END_TEST
 START_TEST (test_parse_message)
 {
     size_t len;
-    char *body = s_read ("anthropic_message.json", &len);
+    char *body = fixture_read ("anthropic_message.json", &len);
     llmq_reply_t reply = { 0 };
     llmq_reply_reset (&reply);
     ck_assert_int_eq (anthropic->parse_response (body, len, &reply), 0);
@@ -342,7 +320,7 @@ START_TEST (test_parse_message)
 
     /*  Text around a tool_use block: the text blocks, joined; cached
         prompt tokens count as prompt tokens. */
-    body = s_read ("anthropic_tool_use.json", &len);
+    body = fixture_read ("anthropic_tool_use.json", &len);
     llmq_reply_reset (&reply);
     ck_assert_int_eq (anthropic->parse_response (body, len, &reply), 0);
     ck_assert_str_eq (reply.content.p, "I'll check the weather in San Francisco. One moment.");
@@ -407,7 +385,7 @@ START_TEST (test_parse_bad_responses)
     }
     /*  An error object in a 2xx body: its type gives the class. */
     size_t len;
-    char *body = s_read ("anthropic_error_529.json", &len);
+    char *body = fixture_read ("anthropic_error_529.json", &len);
     llmq_reply_reset (&reply);
     ck_assert_int_eq (anthropic->parse_response (body, len, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_RATE_LIMITED);
@@ -459,7 +437,7 @@ s_feed_split (const char *text, size_t len, size_t cut, s_stream_t *st)
 START_TEST (test_parse_stream)
 {
     size_t len;
-    char *text = s_read ("anthropic_stream.sse", &len);
+    char *text = fixture_read ("anthropic_stream.sse", &len);
     const char *expected = "Hello! How can I help — café 🚀?";
     /*  Cut at every byte, as a network may: always the same answer. */
     for (size_t cut = 0; cut <= len; cut++) {
@@ -506,7 +484,7 @@ END_TEST
 START_TEST (test_parse_stream_error_event)
 {
     size_t len;
-    char *text = s_read ("anthropic_stream_error.sse", &len);
+    char *text = fixture_read ("anthropic_stream_error.sse", &len);
     for (size_t cut = 0; cut <= len; cut += 5) {
         s_stream_t st;
         /*  The error event stops the parser: the call fails. */
@@ -579,7 +557,7 @@ START_TEST (test_classify_error_bodies)
     llmq_reply_t reply = { 0 };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len;
-        char *body = s_read (cases[i].file, &len);
+        char *body = fixture_read (cases[i].file, &len);
         llmq_reply_reset (&reply);
         anthropic->classify (cases[i].status, body, len, &reply);
         ck_assert_int_eq (reply.error_class, cases[i].ec);

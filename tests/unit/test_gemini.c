@@ -6,6 +6,7 @@
     two ways a safety block shows (promptFeedback.blockReason, and a
     candidate finished for SAFETY with no text). No network.
 */
+#include "fixture.h"
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,6 @@
 #include "provider.h"
 #include "sse.h"
 
-#ifndef LLMQ_FIXTURES
-#   define LLMQ_FIXTURES "tests/unit/fixtures"
-#endif
 
 #define S_KEY_ENV "LLMQ_TEST_GEMINI_KEY"
 #define S_KEY     "AIzaSyD-test0123456789abcdefSECRETxyz"
@@ -35,26 +33,6 @@ static llmq_deployment_t s_dep = {
     .connect_timeout_ms = 5000,
 };
 
-static char *
-s_read (const char *name, size_t *len)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/%s", LLMQ_FIXTURES, name);
-    FILE *f = fopen (path, "rb");
-    ck_assert_msg (f != NULL, "cannot open %s", path);
-    fseek (f, 0, SEEK_END);
-    long n = ftell (f);
-    fseek (f, 0, SEEK_SET);
-    char *buf = malloc ((size_t) n + 1);
-    ck_assert_ptr_nonnull (buf);
-    ck_assert_uint_eq (fread (buf, 1, (size_t) n, f), (size_t) n);
-    buf[n] = '\0';
-    fclose (f);
-    if (len) {
-        *len = (size_t) n;
-    }
-    return buf;
-}
 
 static void
 s_setup (void)
@@ -200,7 +178,7 @@ s_text_at (json_t *contents, size_t i, size_t part)
 
 START_TEST (test_request_translated)
 {
-    char *body = s_read ("gemini_request.json", NULL);
+    char *body = fixture_read ("gemini_request.json", NULL);
     llmq_reply_t reply = { 0 };
     json_t *req = s_build (body, &reply, 0);
 
@@ -314,7 +292,7 @@ END_TEST
 START_TEST (test_response_parsed)
 {
     size_t len;
-    char *body = s_read ("gemini_response.json", &len);
+    char *body = fixture_read ("gemini_response.json", &len);
     llmq_reply_t reply = { 0 };
     llmq_reply_reset (&reply);
     ck_assert_int_eq (gemini->parse_response (body, len, &reply), 0);
@@ -383,7 +361,7 @@ END_TEST
 START_TEST (test_safety_block)
 {
     size_t len;
-    char *body = s_read ("gemini_blocked_prompt.json", &len);
+    char *body = fixture_read ("gemini_blocked_prompt.json", &len);
     llmq_reply_t reply = { 0 };
     llmq_reply_reset (&reply);
     ck_assert_int_eq (gemini->parse_response (body, len, &reply), -1);
@@ -395,13 +373,13 @@ START_TEST (test_safety_block)
     free (body);
 
     /*  The same as a stream chunk. */
-    body = s_read ("gemini_blocked_prompt.json", &len);
+    body = fixture_read ("gemini_blocked_prompt.json", &len);
     llmq_reply_reset (&reply);
     ck_assert_int_eq (gemini->parse_event (NULL, body, len, &reply, NULL, NULL), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INVALID_REQUEST);
     free (body);
 
-    body = s_read ("gemini_finish_safety.json", &len);
+    body = fixture_read ("gemini_finish_safety.json", &len);
     llmq_reply_reset (&reply);
     ck_assert_int_eq (gemini->parse_response (body, len, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INVALID_REQUEST);
@@ -464,7 +442,7 @@ s_stream (const char *text, size_t len, size_t cut, llmq_reply_t *reply, s_strea
 START_TEST (test_stream_every_split)
 {
     size_t len;
-    char *text = s_read ("gemini_stream.sse", &len);
+    char *text = fixture_read ("gemini_stream.sse", &len);
     const char *expected = "In a village nestled between rolling hills, lived a girl "
                            "whose backpack could hold the sky — café 🚀.";
     llmq_reply_t reply = { 0 };
@@ -518,7 +496,7 @@ static void
 s_classify (long status, const char *fixture, int expect_class, const char *expect_text)
 {
     size_t len;
-    char *body = s_read (fixture, &len);
+    char *body = fixture_read (fixture, &len);
     llmq_reply_t reply = { 0 };
     llmq_reply_reset (&reply);
     gemini->classify (status, body, len, &reply);

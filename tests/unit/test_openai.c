@@ -5,6 +5,7 @@
     API reference: a chat.completion object, a tool call, a stream with its
     usage chunk, and error bodies. No network: adapters never see one.
 */
+#include "fixture.h"
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,6 @@
 #include "provider.h"
 #include "sse.h"
 
-#ifndef LLMQ_FIXTURES
-#   define LLMQ_FIXTURES "tests/unit/fixtures"
-#endif
 
 #define S_KEY_ENV "LLMQ_TEST_OPENAI_KEY"
 #define S_KEY     "sk-test-0123456789abcdefSECRET"
@@ -36,26 +34,6 @@ static llmq_deployment_t s_dep = {
     .connect_timeout_ms = 5000,
 };
 
-static char *
-s_read (const char *name, size_t *len)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/%s", LLMQ_FIXTURES, name);
-    FILE *f = fopen (path, "rb");
-    ck_assert_msg (f != NULL, "cannot open %s", path);
-    fseek (f, 0, SEEK_END);
-    long n = ftell (f);
-    fseek (f, 0, SEEK_SET);
-    char *buf = malloc ((size_t) n + 1);
-    ck_assert_ptr_nonnull (buf);
-    ck_assert_uint_eq (fread (buf, 1, (size_t) n, f), (size_t) n);
-    buf[n] = '\0';
-    fclose (f);
-    if (len) {
-        *len = (size_t) n;
-    }
-    return buf;
-}
 
 static void
 s_setup (void)
@@ -104,7 +82,7 @@ s_build (const char *body, bool stream, llmq_reply_t *reply, int expect_rc)
 
 START_TEST (test_request_streamed)
 {
-    char *body = s_read ("openai_request.json", NULL);
+    char *body = fixture_read ("openai_request.json", NULL);
     llmq_reply_t reply = { 0 };
     json_t *req = s_build (body, true, &reply, 0);
     ck_assert_str_eq (json_string_value (json_object_get (req, "model")), s_dep.model);
@@ -125,7 +103,7 @@ END_TEST
 
 START_TEST (test_request_not_streamed)
 {
-    char *body = s_read ("openai_request.json", NULL);
+    char *body = fixture_read ("openai_request.json", NULL);
     llmq_reply_t reply = { 0 };
     json_t *req = s_build (body, false, &reply, 0);
     ck_assert_str_eq (json_string_value (json_object_get (req, "model")), s_dep.model);
@@ -235,7 +213,7 @@ END_TEST
 START_TEST (test_parse_chat_completion)
 {
     size_t len;
-    char *body = s_read ("openai_chat_completion.json", &len);
+    char *body = fixture_read ("openai_chat_completion.json", &len);
     llmq_reply_t reply = { 0 };
     llmq_reply_reset (&reply);
     ck_assert_int_eq (openai->parse_response (body, len, &reply), 0);
@@ -249,7 +227,7 @@ START_TEST (test_parse_chat_completion)
     free (body);
 
     /*  A tool call: no text, but a whole answer. */
-    body = s_read ("openai_tool_calls.json", &len);
+    body = fixture_read ("openai_tool_calls.json", &len);
     llmq_reply_reset (&reply);
     ck_assert_int_eq (openai->parse_response (body, len, &reply), 0);
     ck_assert_str_eq (reply.content.p, "");
@@ -298,7 +276,7 @@ s_on_event (void *arg, const char *event, const char *data, size_t len)
 START_TEST (test_parse_stream_with_usage)
 {
     size_t len;
-    char *text = s_read ("openai_stream_usage.sse", &len);
+    char *text = fixture_read ("openai_stream_usage.sse", &len);
     llmq_reply_t reply = { 0 };
     s_deltas_t deltas = { { 0 }, 0 };
     s_stream_t st = { &reply, &deltas };
@@ -369,7 +347,7 @@ START_TEST (test_classify_error_bodies)
     llmq_reply_t reply = { 0 };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t len;
-        char *body = s_read (cases[i].file, &len);
+        char *body = fixture_read (cases[i].file, &len);
         llmq_reply_reset (&reply);
         openai->classify (cases[i].status, body, len, &reply);
         ck_assert_int_eq (reply.error_class, cases[i].ec);
@@ -378,7 +356,7 @@ START_TEST (test_classify_error_bodies)
         free (body);
     }
     /*  The 401 message quotes part of the key: masked. */
-    char *body = s_read ("openai_error_401.json", NULL);
+    char *body = fixture_read ("openai_error_401.json", NULL);
     llmq_reply_reset (&reply);
     openai->classify (401, body, strlen (body), &reply);
     ck_assert_ptr_null (strstr (reply.error, "abc1"));

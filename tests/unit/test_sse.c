@@ -4,6 +4,7 @@
     most tests feed one input in every possible two-piece split, and one
     byte at a time, and compare with a single feed.
 */
+#include "fixture.h"
 #include <check.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,9 +13,6 @@
 
 #include "sse.h"
 
-#ifndef LLMQ_FIXTURES
-#   define LLMQ_FIXTURES "tests/unit/fixtures"
-#endif
 
 /*  Events seen, as "event|data" lines joined by a record separator, so that
     two runs compare with one strcmp. */
@@ -51,24 +49,6 @@ s_log (const s_events_t *ev)
     return ev->log ? ev->log : "";
 }
 
-static char *
-s_read (const char *name, size_t *len)
-{
-    char path[512];
-    snprintf (path, sizeof path, "%s/%s", LLMQ_FIXTURES, name);
-    FILE *f = fopen (path, "rb");
-    ck_assert_msg (f != NULL, "cannot open %s", path);
-    fseek (f, 0, SEEK_END);
-    long n = ftell (f);
-    fseek (f, 0, SEEK_SET);
-    char *buf = malloc ((size_t) n + 1);
-    ck_assert_ptr_nonnull (buf);
-    ck_assert_uint_eq (fread (buf, 1, (size_t) n, f), (size_t) n);
-    buf[n] = '\0';
-    fclose (f);
-    *len = (size_t) n;
-    return buf;
-}
 
 /*  LF -> CRLF (or lone CR) copy of a text. */
 static char *
@@ -137,7 +117,7 @@ s_check_all_splits (const char *text, size_t len, const char *expected, bool exp
 START_TEST (test_openai_stream_every_split)
 {
     size_t len;
-    char *text = s_read ("openai_stream_usage.sse", &len);
+    char *text = fixture_read ("openai_stream_usage.sse", &len);
     s_events_t whole = { 0 };
     bool done = false;
     s_parse_whole (text, len, &whole, &done);
@@ -156,7 +136,7 @@ END_TEST
 START_TEST (test_crlf_and_cr_line_ends)
 {
     size_t len;
-    char *text = s_read ("openai_stream_usage.sse", &len);
+    char *text = fixture_read ("openai_stream_usage.sse", &len);
     s_events_t lf = { 0 };
     s_parse_whole (text, len, &lf, NULL);
     const char *eols[] = { "\r\n", "\r" };
@@ -174,7 +154,7 @@ END_TEST
 START_TEST (test_comments_fields_multiline)
 {
     size_t len;
-    char *text = s_read ("sse_mixed.sse", &len);
+    char *text = fixture_read ("sse_mixed.sse", &len);
     const char *expected =
         "(none)|first\x1e"
         "message_start|{\"type\":\"message_start\"}\x1e"
