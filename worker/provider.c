@@ -292,3 +292,16 @@ llmq_count_words (const char *s, size_t len)
     }
     return n;
 }
+
+void
+llmq_excerpt (const char *body, size_t len, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 1 < outlen && n < 120; i++) {
+        unsigned char c = (unsigned char) body[i];
+        out[n++] = c >= 0x20 && c < 0x7f ? (char) c : ' ';
+    }
+    if (outlen) {
+        out[n] = '\0';
+    }
+}

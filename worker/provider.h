@@ -109,6 +109,11 @@ typedef struct {
     void (*classify) (long status, const char *body, size_t len, llmq_reply_t *reply);
 } llmq_provider_t;
 
+/*  A short printable excerpt (at most 120 bytes, control and non-ASCII
+    bytes as spaces) of a body that is not the provider's error JSON, for
+    an error text. */
+void llmq_excerpt (const char *body, size_t len, char *out, size_t outlen);
+
 /*  The adapter named `name`, or NULL. */
 const llmq_provider_t *llmq_provider_find (const char *name);
 

@@ -656,18 +656,6 @@ s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *re
     return rc;
 }
 
-/*  A short printable excerpt of a body that is not a JSON error. */
-static void
-s_excerpt (const char *body, size_t len, char *out, size_t outlen)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len && n + 1 < outlen && n < 120; i++) {
-        unsigned char c = (unsigned char) body[i];
-        out[n++] = c >= 0x20 && c < 0x7f ? (char) c : ' ';
-    }
-    out[n] = '\0';
-}
-
 static void
 s_classify (long status, const char *body, size_t len, llmq_reply_t *reply)
 {
@@ -682,7 +670,7 @@ s_classify (long status, const char *body, size_t len, llmq_reply_t *reply)
     }
     else {
         char excerpt[128];
-        s_excerpt (body ? body : "", body ? len : 0, excerpt, sizeof excerpt);
+        llmq_excerpt (body ? body : "", body ? len : 0, excerpt, sizeof excerpt);
         llmq_reply_fail (reply, ec, "HTTP %ld%s%s", status, *excerpt ? ": " : "", excerpt);
     }
     json_decref (root);
