@@ -14,6 +14,7 @@
     `const llmq_provider_t llmq_provider_NAME`. */
 #define LLMQ_PROVIDERS(X) \
     X(openai)             \
+    X(azure)              \
     X(anthropic)          \
     X(gemini)             \
     X(echo)

@@ -596,6 +596,40 @@ START_TEST (test_full_store_refuses_submits_serves_the_rest)
 }
 END_TEST
 
+/*  An Azure OpenAI deployment: the worker calls the deployment URL with
+    api-version and an api-key header; the mock serves Azure's path. */
+START_TEST (test_azure_deployment)
+{
+    harness_t *h = h_new (NULL);
+    FILE *f = fopen (h->conf, "a");
+    ck_assert_ptr_nonnull (f);
+    fprintf (f, "\n[deployment az]\nprovider = azure\n"
+                "base_url = http://127.0.0.1:%d/openai/deployments/gpt4o\n"
+                "api_key_env = LLMQ_TEST_KEY\napi_version = 2024-10-21\n"
+                "\n[group azure-gpt]\ndeployments = az\n", h->mock_port);
+    fclose (f);
+    ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    llmq *c = h_client (h);
+    char *body = s_body ("hello azure");
+    llmq_job j = s_job ("azure-gpt", body);
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    ck_assert_str_eq (r->content, "mock reply: hello azure");
+    ck_assert_str_eq (r->deployment, "az");
+    ck_assert_uint_eq (r->prompt_tokens, 2);
+    llmq_result_free (&r);
+    ck_assert_int_eq (h_mock_stat (h, "requests"), 1);
+    free (body);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -604,6 +638,7 @@ s_suite (void)
     tcase_set_timeout (tc, 120);
     tcase_add_test (tc, test_submit_result_echo);
     tcase_add_test (tc, test_submit_result_openai_mock);
+    tcase_add_test (tc, test_azure_deployment);
     tcase_add_test (tc, test_stream_chunks_complete_in_order);
     tcase_add_test (tc, test_cancel_queued_job);
     tcase_add_test (tc, test_cancel_running_job);

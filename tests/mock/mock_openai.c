@@ -30,8 +30,13 @@
 static bool
 s_match (const char *url)
 {
+    //  Azure OpenAI: /openai/deployments/NAME/chat/completions
+    static const char azure[] = "/openai/deployments/", tail[] = "/chat/completions";
+    size_t n = strlen (url);
+    bool is_azure = strncmp (url, azure, sizeof azure - 1) == 0 && n > sizeof azure - 1 + sizeof tail - 1
+                 && strcmp (url + n - (sizeof tail - 1), tail) == 0;
     return strcmp (url, "/v1/chat/completions") == 0
-        || strcmp (url, "/chat/completions") == 0;
+        || strcmp (url, "/chat/completions") == 0 || is_azure;
 }
 
 //  Fill err with a 400 invalid_request_error; param and code may be NULL

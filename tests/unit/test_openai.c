@@ -168,6 +168,46 @@ START_TEST (test_request_bad_bodies)
 }
 END_TEST
 
+/*  Azure OpenAI: the deployment URL, the api-version query and an api-key
+    header; the body, answers and errors are OpenAI's. */
+START_TEST (test_azure_endpoint)
+{
+    const llmq_provider_t *azure = llmq_provider_find ("azure");
+    ck_assert_ptr_nonnull (azure);
+    llmq_deployment_t dep = s_dep;
+    dep.provider = (char *) "azure";
+    dep.base_url = (char *) "https://res.openai.azure.com/openai/deployments/gpt4o/";
+    llmq_reply_t reply = { 0 };
+    llmq_endpoint_t ep;
+    setenv (S_KEY_ENV, S_KEY, 1);
+    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_str_eq (ep.url, "https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions"
+                              "?api-version=2024-10-21");
+    bool key = false;
+    for (struct curl_slist *h = ep.headers; h; h = h->next) {
+        key |= strcmp (h->data, "api-key: " S_KEY) == 0;
+        ck_assert_ptr_null (strstr (h->data, "Authorization"));
+    }
+    ck_assert (key);
+    llmq_endpoint_free (&ep);
+    dep.api_version = (char *) "2025-01-01-preview";
+    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_ptr_nonnull (strstr (ep.url, "?api-version=2025-01-01-preview"));
+    llmq_endpoint_free (&ep);
+    dep.api_version = (char *) "1&x=y";
+    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
+    /*  The rest is the OpenAI adapter's. */
+    llmq_job_t job = { .id = 1, .lease = 1, .model = "g",
+                       .body = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}" };
+    llmq_text_t out = { 0 };
+    ck_assert_int_eq (azure->build (&dep, &job, &out, &reply), 0);
+    ck_assert_ptr_nonnull (strstr (out.p, "\"messages\""));
+    llmq_text_free (&out);
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 START_TEST (test_endpoint_and_key)
 {
     llmq_reply_t reply = { 0 };
@@ -572,6 +612,7 @@ s_suite (void)
     tcase_add_test (tc, test_request_text);
     tcase_add_test (tc, test_request_bad_bodies);
     tcase_add_test (tc, test_endpoint_and_key);
+    tcase_add_test (tc, test_azure_endpoint);
     suite_add_tcase (s, tc);
 
     tc = tcase_create ("response");
