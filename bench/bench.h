@@ -38,6 +38,7 @@ typedef struct {
     unsigned per_message;           //  llmq: most jobs per llmq_send()
     unsigned handles;               //  threads, each with its own handle / curl multi
     bool json;                      //  report as one JSON line
+    unsigned stream_chunks;         //  llmq: stream each job in this many chunks (0: no)
     int timeout_ms;                 //  connect (llmq) / whole transfer (direct)
 } bench_options_t;
 
@@ -112,7 +113,9 @@ bool bench_map_take (bench_map_t *map, uint64_t key, bench_slot_t *out);
 
 //  A chat-completions body of about `size` bytes: one user message padded
 //  with text; "model" is included when `model` is not NULL. Free with free().
-char *bench_body_new (size_t size, const char *model);
+//  The request body: about `size` bytes, naming `model` if not NULL, its
+//  user message starting with `prefix` if not NULL (mock directives).
+char *bench_body_new (size_t size, const char *model, const char *prefix);
 
 //  Split `total` over `parts` as evenly as possible; share of part `i`
 uint64_t bench_share (uint64_t total, unsigned parts, unsigned i);

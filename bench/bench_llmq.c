@@ -59,6 +59,7 @@ s_setup (bench_run_t *run)
         ctx->jobs [i].model = options->model;
         ctx->jobs [i].body = run->body;
         ctx->jobs [i].priority = LLMQ_PRIO_URGENT;
+        ctx->jobs [i].stream = options->stream_chunks > 0;
     }
     int rc = llmq_connect (options->broker, options->timeout_ms, &ctx->handle);
     if (rc != LLMQ_OK) {

@@ -113,7 +113,7 @@ bench_map_take (bench_map_t *map, uint64_t key, bench_slot_t *out)
 }
 
 char *
-bench_body_new (size_t size, const char *model)
+bench_body_new (size_t size, const char *model, const char *prefix)
 {
     //  {"model":"M","messages":[{"role":"user","content":"xxx..."}],"max_tokens":16}
     const char *model_head = "{\"model\":\"";
@@ -121,7 +121,7 @@ bench_body_new (size_t size, const char *model)
     const char *head = "\"messages\":[{\"role\":\"user\",\"content\":\"";
     const char *tail = "\"}],\"max_tokens\":16}";
     size_t model_part = model ? strlen (model_head) + strlen (model) + strlen (model_tail) : 1;
-    size_t fixed = model_part + strlen (head) + strlen (tail);
+    size_t fixed = model_part + strlen (head) + strlen (tail) + (prefix ? strlen (prefix) : 0);
     //  At least a few words of content, however small the size asked
     size_t pad = size > fixed + 8 ? size - fixed : 8;
     char *body = malloc (fixed + pad + 1);
@@ -136,6 +136,9 @@ bench_body_new (size_t size, const char *model)
         *p++ = '{';
     }
     p = stpcpy (p, head);
+    if (prefix) {
+        p = stpcpy (p, prefix);
+    }
     //  Words of 7 letters and a space, so echo and tokenisers see text
     for (size_t i = 0; i < pad; i++) {
         *p++ = (i % 8 == 7) ? ' ' : (char) ('a' + (i / 8) % 26);

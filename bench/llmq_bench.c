@@ -75,6 +75,7 @@ s_usage (FILE *out, const char *mode)
         "  --duration-max S     stop after S seconds whatever is left (default 120)\n");
     if (is_llmq) {
         fprintf (out,
+            "  --stream N           stream every job, asking the mock for N chunks\n"
             "  --per-message K      most jobs per llmq_send() (default 64; 1 = one job\n"
             "                       per message)\n");
     }
@@ -147,7 +148,7 @@ s_parse (bench_options_t *o, int argc, char *argv [])
     const char *mode = argv [1];
     bool is_llmq = strcmp (mode, "llmq") == 0;
     enum { O_BROKER = 256, O_MODEL, O_URL, O_SIZE, O_RATE, O_DURATION,
-           O_PER_MESSAGE, O_HANDLES, O_TIMEOUT, O_JSON };
+           O_PER_MESSAGE, O_HANDLES, O_TIMEOUT, O_JSON, O_STREAM };
     static const struct option longs [] = {
         { "broker",       required_argument, NULL, O_BROKER },
         { "model",        required_argument, NULL, O_MODEL },
@@ -161,6 +162,7 @@ s_parse (bench_options_t *o, int argc, char *argv [])
         { "handles",      required_argument, NULL, O_HANDLES },
         { "timeout",      required_argument, NULL, O_TIMEOUT },
         { "json",         no_argument,       NULL, O_JSON },
+        { "stream",       required_argument, NULL, O_STREAM },
         { "help",         no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -205,6 +207,16 @@ s_parse (bench_options_t *o, int argc, char *argv [])
                 else {
                     rc = -1;
                 }
+                break;
+            case O_STREAM:
+                if (!is_llmq || s_parse_u64 ("--stream", optarg, 1, 1000, &value) != 0) {
+                    if (!is_llmq) {
+                        fprintf (stderr, "llmq-bench: --stream is for llmq mode only\n");
+                    }
+                    rc = -1;
+                    break;
+                }
+                o->stream_chunks = (unsigned) value;
                 break;
             case O_URL:
                 if (is_llmq) {
@@ -477,8 +489,11 @@ main (int argc, char *argv [])
     bool initialised = false;
     unsigned started = 0;
     pthread_t threads [BENCH_MAX_HANDLES];
+    char prefix[64];
+    snprintf (prefix, sizeof prefix, "[[mock:chunks=%u]] ", options.stream_chunks);
     char *body = bench_body_new (options.size,
-                                 options.mode == BENCH_MODE_DIRECT ? options.model : NULL);
+                                 options.mode == BENCH_MODE_DIRECT ? options.model : NULL,
+                                 options.stream_chunks ? prefix : NULL);
     bench_run_t *runs = calloc (options.handles, sizeof (bench_run_t));
     if (!body || !runs) {
         fprintf (stderr, "llmq-bench: out of memory\n");
