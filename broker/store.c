@@ -946,7 +946,8 @@ s_room_for (llmq_store_t *self, const llmq_result_t *res)
 {
     size_t size = 512;
     if (res) {
-        size += (res->content ? strlen (res->content) : 0) + (res->error ? strlen (res->error) : 0);
+        size += (res->content ? strlen (res->content) : 0) + (res->error ? strlen (res->error) : 0)
+              + (res->tool_calls ? strlen (res->tool_calls) : 0);
     }
     return s_room (self, s_page_cost (self, size));
 }

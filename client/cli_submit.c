@@ -117,6 +117,17 @@ s_build_body (cli_t *cli, const char *messages, const char *prompt, unsigned lon
     return text;
 }
 
+/*  What to print for a done job: its text, or its tool calls (JSON) when
+    the model answered with those only. */
+static const char *
+s_answer (const llmq_result *r)
+{
+    if ((!r->content || !*r->content) && r->tool_calls) {
+        return r->tool_calls;
+    }
+    return r->content ? r->content : "";
+}
+
 /*  Say why a job did not end done; returns the exit code. */
 static int
 s_report_unfinished (const llmq_result *r)
@@ -334,9 +345,9 @@ cmd_submit (cli_t *cli, int argc, char **argv)
             fputc ('\n', stdout);
         }
         else
-        if (res && !out.printed && res->content) {
-            /* The provider answered in one piece. */
-            fputs (res->content, stdout);
+        if (res && !out.printed && (res->content || res->tool_calls)) {
+            /* The provider answered in one piece, or with tool calls only. */
+            fputs (s_answer (res), stdout);
             fputc ('\n', stdout);
         }
     }
@@ -365,7 +376,7 @@ cmd_submit (cli_t *cli, int argc, char **argv)
                 exit_code = s_report_unfinished (res);
             }
             else {
-                fputs (res->content ? res->content : "", stdout);
+                fputs (s_answer (res), stdout);
                 fputc ('\n', stdout);
             }
         }
@@ -445,8 +456,16 @@ s_print_result (const llmq_result *r)
     if (r->error && *r->error) {
         printf ("error:        %s\n", r->error);
     }
-    if (r->content) {
+    if (r->content && *r->content) {
         printf ("content:\n%s\n", r->content);
+    }
+    else
+    if (r->tool_calls) {
+        printf ("tool calls:\n%s\n", r->tool_calls);
+    }
+    else
+    if (r->content) {
+        printf ("content:\n\n");
     }
 }
 

@@ -430,10 +430,26 @@ s_str_or_null (const char *s)
     return str;
 }
 
+/*  The result's tool calls as a JSON array, or NULL when it has none (or
+    the text is not an array: the broker stores what a worker sent). */
+static json_t *
+s_tool_calls (const llmq_result *r)
+{
+    if (!r->tool_calls || !*r->tool_calls) {
+        return NULL;
+    }
+    json_t *calls = json_loads (r->tool_calls, 0, NULL);
+    if (!json_is_array (calls) || json_array_size (calls) == 0) {
+        json_decref (calls);
+        return NULL;
+    }
+    return calls;
+}
+
 json_t *
 cli_result_json (const llmq_result *r)
 {
-    return json_pack ("{s:I, s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i,"
+    json_t *obj = json_pack ("{s:I, s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i,"
                       " s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
         "id", (json_int_t) r->id,
         "state", llmq_state_name (r->state),
@@ -455,6 +471,14 @@ cli_result_json (const llmq_result *r)
         "started_us", (json_int_t) r->started_us,
         "finished_us", (json_int_t) r->finished_us,
         "latency_us", (json_int_t) r->latency_us);
+    if (obj) {
+        json_t *calls = s_tool_calls (r);
+        if (json_object_set_new (obj, "tool_calls", calls ? calls : json_null ()) != 0) {
+            json_decref (obj);
+            return NULL;
+        }
+    }
+    return obj;
 }
 
 /*  The "error.code" of a job that did not end done. */
@@ -480,6 +504,12 @@ cli_batch_output_line (const llmq_result *r)
     if (r->state == LLMQ_STATE_DONE) {
         char completion_id[40];
         snprintf (completion_id, sizeof (completion_id), "chatcmpl-%llu", (unsigned long long) r->id);
+        /* With tool calls, OpenAI's message has "tool_calls" and a null
+           content unless the model also wrote text. */
+        json_t *calls = s_tool_calls (r);
+        json_t *content = calls && (!r->content || !*r->content)
+                        ? json_null () : s_str_or_null (r->content ? r->content : "");
+        const char *finish = r->finish_reason ? r->finish_reason : calls ? "tool_calls" : "stop";
         json_t *body = json_pack ("{s:s, s:s, s:I, s:o, s:[{s:i, s:{s:s, s:o}, s:o, s:s}],"
                                   " s:{s:I, s:I, s:I}}",
             "id", completion_id,
@@ -488,13 +518,25 @@ cli_batch_output_line (const llmq_result *r)
             "model", s_str_or_null (r->model),
             "choices",
                 "index", 0,
-                "message", "role", "assistant", "content", s_str_or_null (r->content ? r->content : ""),
+                "message", "role", "assistant", "content", content,
                 "logprobs", json_null (),
-                "finish_reason", r->finish_reason ? r->finish_reason : "stop",
+                "finish_reason", finish,
             "usage",
                 "prompt_tokens", (json_int_t) r->prompt_tokens,
                 "completion_tokens", (json_int_t) r->completion_tokens,
                 "total_tokens", (json_int_t) r->prompt_tokens + (json_int_t) r->completion_tokens);
+        if (calls && !body) {
+            json_decref (calls);
+        }
+        else
+        if (calls) {
+            json_t *message = json_object_get (json_array_get (json_object_get (body, "choices"), 0),
+                                               "message");
+            if (!message || json_object_set_new (message, "tool_calls", calls) != 0) {
+                json_decref (body);
+                body = NULL;
+            }
+        }
         response = json_pack ("{s:i, s:o, s:o}",
             "status_code", r->http_status ? r->http_status : 200,
             "request_id", s_str_or_null (r->request_id),

@@ -44,7 +44,7 @@ client_result_new (const llmq_result_t *r)
 {
     size_t extra = s_len (r->content) + s_len (r->finish_reason) + s_len (r->deployment)
                  + s_len (r->request_id) + s_len (r->error) + s_len (r->model)
-                 + s_len (r->batch_id) + s_len (r->custom_id);
+                 + s_len (r->batch_id) + s_len (r->custom_id) + s_len (r->tool_calls);
     llmq_result *res = calloc (1, sizeof (llmq_result) + extra);
     if (!res) {
         return NULL;
@@ -60,6 +60,7 @@ client_result_new (const llmq_result_t *r)
     res->model = s_pack (&cursor, r->model);
     res->batch_id = s_pack (&cursor, r->batch_id);
     res->custom_id = s_pack (&cursor, r->custom_id);
+    res->tool_calls = s_pack (&cursor, r->tool_calls);
     res->error_class = r->error_class;
     res->priority = r->priority;
     res->http_status = r->http_status;
@@ -163,7 +164,8 @@ s_event_bytes (const llmq_event *ev)
     if (r) {
         bytes += sizeof (llmq_result) + s_len (r->content) + s_len (r->finish_reason)
                + s_len (r->deployment) + s_len (r->request_id) + s_len (r->error)
-               + s_len (r->model) + s_len (r->batch_id) + s_len (r->custom_id);
+               + s_len (r->model) + s_len (r->batch_id) + s_len (r->custom_id)
+               + s_len (r->tool_calls);
     }
     return bytes;
 }

@@ -302,6 +302,7 @@ s_encode_result (const llmq_result_t *r, llmq_buf_t *out)
     s_put_s (&m, "model", r->model);
     s_put_s (&m, "batch", r->batch_id);
     s_put_s (&m, "cid", r->custom_id);
+    s_put_s (&m, "tools", r->tool_calls);
     s_put_u (&m, "class", r->error_class);
     s_put_u (&m, "prio", r->priority);
     s_put_u (&m, "http", r->http_status);
@@ -541,6 +542,7 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_S ("model", r->model);
         GET_S ("batch", r->batch_id);
         GET_S ("cid", r->custom_id);
+        GET_S ("tools", r->tool_calls);
         GET_U ("class", r->error_class, 255);
         GET_U ("prio", r->priority, 3);
         GET_U ("http", r->http_status, 999);

@@ -123,6 +123,8 @@ typedef struct {
     const char *model;          /* model group */
     const char *batch_id;
     const char *custom_id;
+    const char *tool_calls;     /* JSON text, OpenAI's shape: [{"id","type":"function",
+                                   "function":{"name","arguments"}}]; NULL when none */
     uint8_t  error_class;       /* llmq_error_class */
     uint8_t  priority;
     uint16_t http_status;       /* provider HTTP status of the last attempt */

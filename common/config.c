@@ -72,7 +72,8 @@ typedef enum {
     S_PROVIDER,             /* char *: openai or echo */
     S_TEXT,                 /* char *: printable text, e.g. a model name */
     S_URL,                  /* char *: http:// or https:// */
-    S_ENVNAME,              /* char *: name of an environment variable */
+    S_ENVNAMES,             /* api_key_env: NAME, NAME... of environment variables */
+    S_KEYFILES,             /* api_key_file: PATH, PATH... of key files */
     S_NAMES                 /* llmq_group_t deployments: NAME, NAME... */
 } s_type_t;
 
@@ -112,11 +113,15 @@ static const s_key_t s_keys[] = {
     { S_DEPLOYMENT, "provider", S_PROVIDER, offsetof (llmq_deployment_t, provider), 0, 0 },
     { S_DEPLOYMENT, "model", S_TEXT, offsetof (llmq_deployment_t, model), 0, 0 },
     { S_DEPLOYMENT, "base_url", S_URL, offsetof (llmq_deployment_t, base_url), 0, 0 },
-    { S_DEPLOYMENT, "api_key_env", S_ENVNAME, offsetof (llmq_deployment_t, api_key_env), 0, 0 },
+    { S_DEPLOYMENT, "api_key_env", S_ENVNAMES, offsetof (llmq_deployment_t, api_key_env), 0, 0 },
+    { S_DEPLOYMENT, "api_key_file", S_KEYFILES, offsetof (llmq_deployment_t, api_key_files), 0, 0 },
     { S_DEPLOYMENT, "timeout", S_DURATION, offsetof (llmq_deployment_t, timeout_ms), 1, S_DAY },
     { S_DEPLOYMENT, "connect_timeout", S_DURATION, offsetof (llmq_deployment_t, connect_timeout_ms), 1, S_HOUR },
     { S_DEPLOYMENT, "max_tokens", S_COUNT, offsetof (llmq_deployment_t, max_tokens), 1, 10000000 },
     { S_DEPLOYMENT, "api_version", S_TEXT, offsetof (llmq_deployment_t, api_version), 0, 0 },
+    { S_DEPLOYMENT, "stall_timeout", S_DURATION, offsetof (llmq_deployment_t, stall_timeout_ms), 0, S_HOUR },
+    { S_DEPLOYMENT, "max_prompt_chars", S_COUNT, offsetof (llmq_deployment_t, max_prompt_chars), 1, 100000000 },
+    { S_DEPLOYMENT, "strip_special_tokens", S_BOOL, offsetof (llmq_deployment_t, strip_special_tokens), 0, 0 },
     { S_GROUP, "deployments", S_NAMES, offsetof (llmq_group_t, deployments), 0, 0 },
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
@@ -508,6 +513,7 @@ s_add_deployment (s_ctx_t *ctx, const char *name)
     }
     deployments[n].timeout_ms = 60 * S_SECOND;
     deployments[n].connect_timeout_ms = 5 * S_SECOND;
+    deployments[n].stall_timeout_ms = 30 * S_SECOND;
     lines[n].header = ctx->line;
     config->ndeployments = n + 1;
     ctx->index = n;
@@ -725,6 +731,122 @@ s_set_names (s_ctx_t *ctx, const s_key_t *key, llmq_group_t *group, const char *
     return rc;
 }
 
+/*  api_key_env = A, B or api_key_file = PATH, PATH: a comma-separated list
+    into the deployment's api_key_envs or api_key_files. Together at most
+    LLMQ_MAX_KEYS entries. A bad name is refused without echoing it: it may
+    be the key itself, pasted in the wrong place. */
+static void
+s_strings_free (char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free (list[i]);
+    }
+    free (list);
+}
+
+static int
+s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+{
+    bool files = key->type == S_KEYFILES;
+    char ***list = files ? &dep->api_key_files : &dep->api_key_envs;
+    size_t *count = files ? &dep->napi_key_files : &dep->napi_key_envs;
+    size_t others = files ? dep->napi_key_envs : dep->napi_key_files;
+    /*  The directory relative paths start from: the config file's. */
+    const char *path = ctx->config->path;
+    const char *slash = strrchr (path, '/');
+    int dirlen = slash ? (int) (slash - path) : 1;
+    const char *dir = slash ? path : ".";
+    if (slash == path) {
+        dirlen = 0;             //  "/llmq.conf": "" + "/" + name
+    }
+    char *copy = s_strdup (value);
+    if (!copy) {
+        return s_fail (ctx, ctx->line, "out of memory");
+    }
+    char **items = NULL;
+    size_t n = 0;
+    int rc = 0;
+    char *item = copy;
+    while (rc == 0) {
+        char *comma = strchr (item, ',');
+        if (comma) {
+            *comma = '\0';
+        }
+        item += strspn (item, " \t");
+        size_t len = strlen (item);
+        while (len > 0 && (item[len - 1] == ' ' || item[len - 1] == '\t')) {
+            item[--len] = '\0';
+        }
+        char *entry = NULL;
+        if (!*item) {
+            rc = s_fail (ctx, ctx->line, "[%s] %s: expected %s separated by commas with none "
+                         "empty", ctx->label, key->key,
+                         files ? "file paths" : "environment variable names");
+        }
+        else
+        if (n + others >= LLMQ_MAX_KEYS) {
+            rc = s_fail (ctx, ctx->line, "[%s] %s: more than %d keys in the deployment",
+                         ctx->label, key->key, LLMQ_MAX_KEYS);
+        }
+        else
+        if (files && (s_has_control (item) || len >= S_PATH_MAX)) {
+            rc = s_fail (ctx, ctx->line, "[%s] %s: expected file paths (value not shown)",
+                         ctx->label, key->key);
+        }
+        else
+        if (!files && !s_valid_envname (item)) {
+            rc = s_fail (ctx, ctx->line, "[%s] %s: expected the NAME of an environment "
+                         "variable (A-Z, 0-9, _, not starting with a digit) that holds "
+                         "the key, not the key itself (value not shown)",
+                         ctx->label, key->key);
+        }
+        else
+        if (files && *item != '/') {
+            if (asprintf (&entry, "%.*s/%s", dirlen, dir, item) < 0) {
+                entry = NULL;
+            }
+        }
+        else {
+            entry = s_strdup (item);
+        }
+        for (size_t i = 0; rc == 0 && entry && i < n; i++) {
+            if (strcmp (items[i], entry) == 0) {
+                rc = s_fail (ctx, ctx->line, "[%s] %s: entry %zu is listed twice (value not "
+                             "shown)", ctx->label, key->key, n + 1);
+            }
+        }
+        char **grown = rc == 0 && entry ? realloc (items, (n + 1) * sizeof *items) : NULL;
+        if (rc == 0 && !grown) {
+            rc = s_fail (ctx, ctx->line, "out of memory");
+        }
+        if (rc != 0) {
+            free (entry);
+            break;
+        }
+        items = grown;
+        items[n++] = entry;
+        if (!comma) {
+            break;
+        }
+        item = comma + 1;
+    }
+    free (copy);
+    if (rc != 0) {
+        s_strings_free (items, n);
+        return rc;
+    }
+    s_strings_free (*list, *count);
+    *list = items;
+    *count = n;
+    if (files) {
+        dep->api_key_file_line = ctx->line;
+    }
+    else {
+        dep->api_key_env = items[0];     //  borrowed from the list
+    }
+    return 0;
+}
+
 static int
 s_set_number (s_ctx_t *ctx, const s_key_t *key, void *slot, const char *value)
 {
@@ -831,15 +953,9 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
                                      "or https://");
             }
             return s_set_string (ctx, slot, value);
-        case S_ENVNAME:
-            //  Never echo this value: someone may have pasted the key itself.
-            if (!s_valid_envname (value)) {
-                return s_fail (ctx, ctx->line, "[%s] %s: expected the NAME of an environment "
-                               "variable (A-Z, 0-9, _, not starting with a digit) that holds "
-                               "the key, not the key itself (value not shown)",
-                               ctx->label, key->key);
-            }
-            return s_set_string (ctx, slot, value);
+        case S_ENVNAMES:
+        case S_KEYFILES:
+            return s_set_key_list (ctx, key, base, value);
         case S_NAMES:
             return s_set_names (ctx, key, base, value);
     }
@@ -861,7 +977,8 @@ s_unknown_key (s_ctx_t *ctx, const char *name)
     const char *hint = "";
     if (ctx->section == S_DEPLOYMENT && strcasestr (name, "key")) {
         hint = "; API keys never go in this file: set api_key_env to the name of "
-               "the environment variable that holds the key";
+               "the environment variable that holds the key, or api_key_file to a "
+               "file that holds it";
     }
     char shown[S_SHOW_MAX + 4];
     return s_fail (ctx, ctx->line, "[%s] %s: unknown key (expected one of: %s)%s",
@@ -1190,7 +1307,8 @@ llmq_config_destroy (llmq_config_t **self_p)
         free (deployment->api_version);
         free (deployment->model);
         free (deployment->base_url);
-        free (deployment->api_key_env);
+        s_strings_free (deployment->api_key_envs, deployment->napi_key_envs);
+        s_strings_free (deployment->api_key_files, deployment->napi_key_files);
     }
     free (self->deployments);
     for (size_t i = 0; i < self->ngroups; i++) {

@@ -18,6 +18,8 @@
 #include <stdint.h>
 
 #define LLMQ_NPRIO 4
+/*  Most keys (api_key_env plus api_key_file entries) of one deployment. */
+#define LLMQ_MAX_KEYS 64
 
 typedef struct {
     char    *name;              /* [deployment NAME] */
@@ -25,12 +27,28 @@ typedef struct {
     char    *model;             /* model name sent to the provider */
     char    *base_url;          /* e.g. http://127.0.0.1:8080/v1; anthropic and gemini
                                    default to the provider's public API */
-    char    *api_key_env;       /* name of the env var holding the key, or NULL */
+    char    *api_key_env;       /* first of api_key_envs, or NULL: for code that
+                                   handles one key */
+    char   **api_key_envs;      /* api_key_env = A, B: names of the environment
+                                   variables holding keys, in file order */
+    size_t   napi_key_envs;
+    char   **api_key_files;     /* api_key_file = PATH, PATH: files holding one key
+                                   each; a relative path is joined to the config
+                                   file's directory at load. Not read
+                                   here: the worker reads them at start, so the
+                                   broker never needs the secrets. */
+    size_t   napi_key_files;
+    int      api_key_file_line; /* line of api_key_file in the file (0: not set),
+                                   for the worker's error about an unreadable file */
     uint64_t timeout_ms;        /* total time allowed for one call (default 60 s) */
     uint64_t connect_timeout_ms;/* default 5 s */
     uint32_t max_tokens;        /* default max_tokens when a job gives none (0: the
                                    provider's; anthropic requires one: 1024) */
     char    *api_version;       /* azure api-version, anthropic-version header, or NULL */
+    uint64_t stall_timeout_ms;  /* a call that receives no byte for this long fails
+                                   as a timeout (default 30 s; 0: off) */
+    uint32_t max_prompt_chars;  /* input policy: refuse longer prompts (0: off) */
+    bool     strip_special_tokens; /* input policy: remove <|...|>, [INST]... (off) */
 } llmq_deployment_t;
 
 typedef struct {

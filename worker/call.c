@@ -12,6 +12,7 @@
     collected whole, up to S_MAX_BODY, and parsed at the end.
 */
 #include "worker_int.h"
+#include "policy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,19 +45,14 @@ s_send_chunk (llmq_worker_t *w, uint64_t id, uint64_t lease, uint32_t *seq,
     (*seq)++;
 }
 
-/*  Replace the deployment's API key, should a provider quote it back, in
-    a reason we are about to send. */
+/*  Mask every API key this worker holds -- of any deployment, since a
+    proxy in front of several may quote any of them -- in a reason we are
+    about to send or log. */
 static void
-s_scrub (char *reason, const llmq_deployment_t *dep)
+s_scrub (llmq_worker_t *w, char *reason)
 {
-    const char *key = dep && dep->api_key_env ? getenv (dep->api_key_env) : NULL;
-    size_t klen = key ? strlen (key) : 0;
-    if (klen < 8) {
-        return;
-    }
-    for (char *p; (p = strstr (reason, key)) != NULL; ) {
-        memcpy (p, "***", 3);
-        memmove (p + 3, p + klen, strlen (p + klen) + 1);
+    for (size_t i = 0; w->rings && i < w->cfg->ndeployments; i++) {
+        llmq_keyring_scrub (w->rings[i], reason);
     }
 }
 
@@ -81,8 +77,10 @@ s_batch_add (llmq_worker_t *w, const llmq_result_t *res, uint64_t lease)
     r->finish_reason = llmq_arena_strdup (w->batch_arena, res->finish_reason);
     r->deployment = llmq_arena_strdup (w->batch_arena, res->deployment);
     r->request_id = llmq_arena_strdup (w->batch_arena, res->request_id);
+    r->tool_calls = llmq_arena_strdup (w->batch_arena, res->tool_calls);
     if ((res->content && !r->content) || (res->finish_reason && !r->finish_reason)
-    ||  (res->deployment && !r->deployment) || (res->request_id && !r->request_id)) {
+    ||  (res->deployment && !r->deployment) || (res->request_id && !r->request_id)
+    ||  (res->tool_calls && !r->tool_calls)) {
         return -1;
     }
     w->nbatch++;
@@ -102,6 +100,7 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
         .finish_reason = reply->finish_reason[0] ? reply->finish_reason : NULL,
         .deployment = dep ? dep->name : NULL,
         .request_id = rid[0] ? rid : NULL,
+        .tool_calls = reply->tool_calls.len ? reply->tool_calls.p : NULL,
         .http_status = status > 0 && status < 65536 ? (uint16_t) status : 0,
         .prompt_tokens = reply->prompt_tokens,
         .completion_tokens = reply->completion_tokens,
@@ -119,7 +118,7 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
     }
     else {
         m.cmd = LLMQ_CMD_FAILED;
-        s_scrub (reply->error, dep);
+        s_scrub (w, reply->error);
         res.error_class = (uint8_t) reply->error_class;
         res.error = reply->error;
         if (!reply->content.len) {
@@ -224,11 +223,42 @@ s_on_header (char *line, size_t size, size_t nitems, void *arg)
     return n;
 }
 
+/*  Stream text waits in c->pending until the end of the loop turn, so that
+    deltas that arrived together leave as one CHUNK: one ZeroMQ message
+    instead of one per SSE event, and no later than before. */
+#define S_CHUNK_MAX (64u * 1024u)
+
+static void
+s_flush_chunk (llmq_call_t *c)
+{
+    if (c->pending.len > 0) {
+        s_send_chunk (c->w, c->id, c->lease, &c->seq, c->pending.p, c->pending.len);
+        c->pending.len = 0;
+    }
+}
+
 static void
 s_on_delta (void *arg, const char *text, size_t len)
 {
     llmq_call_t *c = arg;
-    s_send_chunk (c->w, c->id, c->lease, &c->seq, text, len);
+    if (llmq_text_add (&c->pending, text, len) != 0) {
+        s_flush_chunk (c);
+        s_send_chunk (c->w, c->id, c->lease, &c->seq, text, len);
+        return;
+    }
+    if (c->pending.len >= S_CHUNK_MAX) {
+        s_flush_chunk (c);
+    }
+}
+
+void
+llmq_calls_flush_chunks (llmq_worker_t *w)
+{
+    for (uint32_t i = 0; i < w->nslots; i++) {
+        if (w->calls[i].busy && w->calls[i].pending.len) {
+            s_flush_chunk (&w->calls[i]);
+        }
+    }
 }
 
 static int
@@ -309,10 +339,19 @@ llmq_calls_init (llmq_worker_t *w, uint32_t slots)
     w->fds_cap = (size_t) w->nslots * 2 + 8;
     w->fds = calloc (w->fds_cap, sizeof *w->fds);
     size_t ndeps = w->cfg->ndeployments ? w->cfg->ndeployments : 1;
-    w->eps = calloc (ndeps, sizeof *w->eps);
-    w->ep_ready = calloc (ndeps, sizeof *w->ep_ready);
-    if (!w->multi || !w->share || !w->calls || !w->fds || !w->eps || !w->ep_ready) {
+    w->deps = calloc (ndeps, sizeof *w->deps);
+    if (!w->multi || !w->share || !w->calls || !w->fds || !w->deps) {
         return -1;
+    }
+    for (size_t i = 0; i < w->cfg->ndeployments; i++) {
+        size_t nkeys = w->rings ? llmq_keyring_size (w->rings[i]) : 0;
+        llmq_dep_eps_t *d = &w->deps[i];
+        d->neps = nkeys ? nkeys : 1;
+        d->eps = calloc (d->neps, sizeof *d->eps);
+        d->ready = calloc (d->neps, sizeof *d->ready);
+        if (!d->eps || !d->ready) {
+            return -1;
+        }
     }
     curl_share_setopt (w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     curl_share_setopt (w->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
@@ -374,6 +413,7 @@ llmq_calls_fini (llmq_worker_t *w)
             llmq_sse_destroy (&c->sse);
             llmq_text_free (&c->req);
             llmq_text_free (&c->resp);
+            llmq_text_free (&c->pending);
             llmq_reply_free (&c->reply);
         }
         free (w->calls);
@@ -387,43 +427,94 @@ llmq_calls_fini (llmq_worker_t *w)
         curl_share_cleanup (w->share);
         w->share = NULL;
     }
-    if (w->eps) {
+    if (w->deps) {
         for (size_t i = 0; i < w->cfg->ndeployments; i++) {
-            llmq_endpoint_free (&w->eps[i]);
+            llmq_dep_eps_t *d = &w->deps[i];
+            for (size_t k = 0; d->eps && k < d->neps; k++) {
+                llmq_endpoint_free (&d->eps[k]);
+            }
+            free (d->eps);
+            free (d->ready);
         }
     }
-    free (w->eps);
-    free (w->ep_ready);
+    free (w->deps);
     free (w->fds);
-    w->eps = NULL;
-    w->ep_ready = NULL;
+    w->deps = NULL;
     w->fds = NULL;
     llmq_reply_free (&w->scratch);
     llmq_text_free (&w->chunk);
 }
 
-/*  The cached endpoint of `dep`, built at first use; NULL (reply failed)
-    if the adapter cannot build it. */
-static const llmq_endpoint_t *
-s_endpoint (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deployment_t *dep,
-            llmq_reply_t *reply)
+/*  Index of `dep` in the configuration, or ndeployments if it is not there. */
+static size_t
+s_dep_index (const llmq_worker_t *w, const llmq_deployment_t *dep)
 {
     size_t i = 0;
     while (i < w->cfg->ndeployments && &w->cfg->deployments[i] != dep
            && strcmp (w->cfg->deployments[i].name, dep->name) != 0) {
         i++;
     }
-    if (i == w->cfg->ndeployments) {
-        llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "deployment not in the configuration");
+    return i;
+}
+
+/*  The endpoint of the call's deployment and key, built at first use and
+    kept: a call costs no allocation for its URL and headers. NULL (reply
+    failed) if the adapter cannot build it. */
+static const llmq_endpoint_t *
+s_endpoint (llmq_call_t *c)
+{
+    llmq_worker_t *w = c->w;
+    llmq_dep_eps_t *d = &w->deps[c->dep_index];
+    size_t k = c->key == LLMQ_KEY_NONE ? 0 : c->key;
+    if (k >= d->neps) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "key not in the deployment's ring");
         return NULL;
     }
-    if (!w->ep_ready[i]) {
-        if (prov->endpoint (dep, &w->eps[i], reply) != 0) {
+    if (!d->ready[k]) {
+        const char *key = w->rings ? llmq_keyring_key (w->rings[c->dep_index], c->key) : NULL;
+        if (c->prov->endpoint (c->dep, key, &d->eps[k], &c->reply) != 0) {
             return NULL;
         }
-        w->ep_ready[i] = true;
+        d->ready[k] = true;
     }
-    return &w->eps[i];
+    return &d->eps[k];
+}
+
+/*  Start the transfer of the call's body with its key: URL and headers of
+    that key, then hand the easy handle to the multi. Reports and frees the
+    slot on failure. */
+static void
+s_transfer (llmq_call_t *c)
+{
+    const llmq_endpoint_t *ep = s_endpoint (c);
+    if (!ep) {
+        s_finish (c);
+        return;
+    }
+    CURL *e = c->easy;
+    curl_easy_setopt (e, CURLOPT_URL, c->stream && ep->stream_url ? ep->stream_url : ep->url);
+    curl_easy_setopt (e, CURLOPT_HTTPHEADER, ep->headers);
+    CURLMcode mrc = curl_multi_add_handle (c->w->multi, e);
+    if (mrc != CURLM_OK) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "cannot start the call: %s",
+                         curl_multi_strerror (mrc));
+        s_finish (c);
+    }
+}
+
+/*  Forget the last response, for a new one (a retry with another key). */
+static void
+s_response_reset (llmq_call_t *c)
+{
+    c->status_known = false;
+    c->is_sse = false;
+    c->status = 0;
+    c->resp.len = 0;
+    c->pending.len = 0;             /* an aborted or retried call's text goes nowhere */
+    c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
+    c->errbuf[0] = '\0';
+    llmq_reply_reset (&c->reply);
+    llmq_sse_reset (c->sse);
 }
 
 void
@@ -439,11 +530,10 @@ llmq_call_start (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deplo
     c->dep = dep;
     c->prov = prov;
     c->stream = job->stream;
-    c->status_known = false;
-    c->is_sse = false;
-    c->status = 0;
     c->seq = 0;
     c->start_us = 0;
+    c->key = LLMQ_KEY_NONE;
+    c->tried = 0;
     /*  A rare huge body should not pin its memory to the slot for good. */
     if (c->resp.cap > S_KEEP_BUFFER) {
         llmq_text_free (&c->resp);
@@ -451,14 +541,47 @@ llmq_call_start (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deplo
     if (c->req.cap > S_KEEP_BUFFER) {
         llmq_text_free (&c->req);
     }
-    c->resp.len = 0;
-    c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
-    c->errbuf[0] = '\0';
-    llmq_reply_reset (&c->reply);
-    llmq_sse_reset (c->sse);
+    s_response_reset (c);
 
-    const llmq_endpoint_t *ep = s_endpoint (w, prov, dep, &c->reply);
-    if (!ep || prov->build (dep, job, &c->req, &c->reply) != 0) {
+    c->dep_index = s_dep_index (w, dep);
+    if (c->dep_index == w->cfg->ndeployments) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "deployment not in the configuration");
+        s_finish (c);
+        return;
+    }
+    llmq_keyring_t *ring = w->rings ? w->rings[c->dep_index] : NULL;
+    if (llmq_keyring_size (ring) > 0) {
+        c->key = llmq_keyring_next (ring, llmq_mono_ms ());
+    }
+    else
+    if (dep->napi_key_envs + dep->napi_key_files > 0) {
+        /*  Keys configured, none usable (their variables were not set at
+            start, as the start-up warning said). */
+        llmq_reply_fail (&c->reply, LLMQ_EC_AUTH, "deployment %s has no API key: "
+                         "environment variable %s%s was not set when the worker started",
+                         dep->name, dep->api_key_env ? dep->api_key_env : "?",
+                         dep->napi_key_envs > 1 ? " (and the others of its api_key_env)" : "");
+        s_finish (c);
+        return;
+    }
+    /*  The opt-in input policy (policy.h) runs before the adapter. */
+    llmq_policy_t policy = { dep->max_prompt_chars, dep->strip_special_tokens };
+    char *policed = NULL;
+    char why[160];
+    if (llmq_policy_apply (&policy, job->body, &policed, why, sizeof why) != 0) {
+        llmq_reply_fail (&c->reply, LLMQ_EC_INVALID_REQUEST, "%s", why);
+        s_finish (c);
+        return;
+    }
+    llmq_job_t policed_job;
+    if (policed) {
+        policed_job = *job;
+        policed_job.body = policed;
+        job = &policed_job;
+    }
+    int built = prov->build (dep, job, &c->req, &c->reply);
+    free (policed);
+    if (built != 0) {
         s_finish (c);
         return;
     }
@@ -467,19 +590,51 @@ llmq_call_start (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_deplo
     }
     uint64_t connect_ms = dep->connect_timeout_ms ? dep->connect_timeout_ms : S_DEFAULT_CONNECT_MS;
     CURL *e = c->easy;
-    curl_easy_setopt (e, CURLOPT_URL, job->stream && ep->stream_url ? ep->stream_url : ep->url);
-    curl_easy_setopt (e, CURLOPT_HTTPHEADER, ep->headers);
     curl_easy_setopt (e, CURLOPT_POSTFIELDS, c->req.p);
     curl_easy_setopt (e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) c->req.len);
     curl_easy_setopt (e, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
     curl_easy_setopt (e, CURLOPT_CONNECTTIMEOUT_MS, (long) connect_ms);
+    /*  Stall: under one byte a second for stall_timeout (whole seconds)
+        fails the call as a timeout, long before the total timeout. */
+    long stall_s = (long) ((dep->stall_timeout_ms + 999) / 1000);
+    curl_easy_setopt (e, CURLOPT_LOW_SPEED_LIMIT, stall_s ? 1L : 0L);
+    curl_easy_setopt (e, CURLOPT_LOW_SPEED_TIME, stall_s);
     c->start_us = llmq_mono_us ();
-    CURLMcode mrc = curl_multi_add_handle (w->multi, e);
-    if (mrc != CURLM_OK) {
-        llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "cannot start the call: %s",
-                         curl_multi_strerror (mrc));
-        s_finish (c);
+    s_transfer (c);
+}
+
+/*  After a refused key: 401/403 benches it and, while keys this call has
+    not tried remain, starts the call again at once with the next one
+    (true: the call goes on). 429 moves the ring past the key so that the
+    broker's retry takes another. */
+static bool
+s_next_key (llmq_call_t *c)
+{
+    llmq_keyring_t *ring = c->w->rings ? c->w->rings[c->dep_index] : NULL;
+    if (c->key == LLMQ_KEY_NONE || !ring) {
+        return false;
     }
+    if (c->status == 429) {
+        llmq_keyring_limited (ring, c->key);
+        return false;
+    }
+    if (c->status != 401 && c->status != 403) {
+        return false;
+    }
+    uint64_t now = llmq_mono_ms ();
+    llmq_keyring_refused (ring, c->key, now);
+    c->tried |= UINT64_C (1) << c->key;
+    size_t next = llmq_keyring_retry (ring, c->key, c->tried, now);
+    if (next == LLMQ_KEY_NONE) {
+        return false;                   /* every key failed: AUTH goes out */
+    }
+    /*  Key numbers only, never a key. */
+    llmq_info ("job %llu: key %zu of deployment %s refused (HTTP %ld): trying key %zu",
+               (unsigned long long) c->id, c->key + 1, c->dep->name, c->status, next + 1);
+    c->key = next;
+    s_response_reset (c);
+    s_transfer (c);
+    return true;
 }
 
 /*  A server that streams without saying text/event-stream: its body was
@@ -495,6 +650,7 @@ static void
 s_done (llmq_call_t *c, CURLcode rc)
 {
     curl_multi_remove_handle (c->w->multi, c->easy);
+    s_flush_chunk (c);              /* what streamed in before the end */
     if (!c->status_known) {
         long status = 0;
         curl_easy_getinfo (c->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -515,6 +671,7 @@ s_done (llmq_call_t *c, CURLcode rc)
             && r->error_class == LLMQ_EC_NONE) {
             llmq_reply_fail (r, LLMQ_EC_BAD_RESPONSE, "stream event over %u bytes", LLMQ_SSE_MAX_EVENT);
         }
+        s_flush_chunk (c);
         if (r->error_class == LLMQ_EC_NONE && !r->finished && !llmq_sse_done (c->sse)) {
             if (c->seq > 0) {
                 llmq_reply_fail (r, LLMQ_EC_STREAM_BROKEN, "stream ended before the answer did");
@@ -534,6 +691,9 @@ s_done (llmq_call_t *c, CURLcode rc)
             a bad event mid-stream): a retry would start it over, so the
             stream is reported broken, with the reason kept. */
         r->error_class = LLMQ_EC_STREAM_BROKEN;
+    }
+    if (rc == CURLE_OK && c->seq == 0 && r->error_class != LLMQ_EC_NONE && s_next_key (c)) {
+        return;
     }
     s_finish (c);
 }

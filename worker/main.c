@@ -6,7 +6,8 @@
     Flags win over the config file; the file wins over the defaults.
     Exit status: 0 after SIGINT/SIGTERM (calls aborted, BYE sent), 1 when
     the worker cannot run (out of memory, poll failure), 2 for a usage or
-    configuration error (a broker endpoint ZeroMQ refuses included).
+    configuration error (a broker endpoint ZeroMQ refuses included, and an
+    api_key_file that cannot be read: keys are read once, here).
 */
 #include <errno.h>
 #include <getopt.h>
@@ -20,6 +21,7 @@
 #include <czmq.h>
 
 #include "config.h"
+#include "keyring.h"
 #include "log.h"
 #include "provider.h"
 #include "worker.h"
@@ -67,25 +69,50 @@ s_parse_slots (const char *text, uint32_t *slots)
     return 0;
 }
 
-/*  Say at start-up what would otherwise fail every job later. Names only:
-    never a key. */
 static void
-s_check_deployments (const llmq_config_t *cfg)
+s_rings_destroy (llmq_keyring_t **rings, size_t n)
 {
+    for (size_t i = 0; rings && i < n; i++) {
+        llmq_keyring_destroy (&rings[i]);
+    }
+    free (rings);
+}
+
+/*  Say at start-up what would otherwise fail every job later, and read
+    every deployment's API keys, once. Names only in messages: never a key.
+    Returns the rings (config order), or NULL after printing why (an
+    api_key_file that cannot be used, out of memory). */
+static llmq_keyring_t **
+s_load_deployments (const llmq_config_t *cfg)
+{
+    llmq_keyring_t **rings = calloc (cfg->ndeployments ? cfg->ndeployments : 1, sizeof *rings);
+    if (!rings) {
+        fprintf (stderr, "llmq-worker: out of memory\n");
+        return NULL;
+    }
     for (size_t i = 0; i < cfg->ndeployments; i++) {
         const llmq_deployment_t *dep = &cfg->deployments[i];
         if (!llmq_provider_find (dep->provider)) {
             llmq_warn ("deployment %s: provider '%s' is not supported by this worker",
                        dep->name, dep->provider ? dep->provider : "");
         }
-        else if (dep->api_key_env && *dep->api_key_env) {
-            const char *key = getenv (dep->api_key_env);
-            if (!key || !*key) {
-                llmq_warn ("deployment %s: environment variable %s is not set; its calls will fail",
-                           dep->name, dep->api_key_env);
-            }
+        char err[600];
+        rings[i] = llmq_keyring_load (dep, cfg->path, err, sizeof err);
+        if (!rings[i]) {
+            fprintf (stderr, "llmq-worker: %s\n", err);
+            s_rings_destroy (rings, cfg->ndeployments);
+            return NULL;
+        }
+        size_t wanted = dep->napi_key_envs + dep->napi_key_files;
+        size_t nkeys = llmq_keyring_size (rings[i]);
+        if (wanted > 0 && nkeys == 0) {
+            llmq_warn ("deployment %s: no API key is set; its calls will fail", dep->name);
+        }
+        else if (nkeys > 1) {
+            llmq_info ("deployment %s: %zu API keys, used in turn", dep->name, nkeys);
         }
     }
+    return rings;
 }
 
 int
@@ -165,19 +192,24 @@ main (int argc, char *argv[])
     if (!slots) {
         slots = cfg->worker_slots ? cfg->worker_slots : 64;
     }
-    s_check_deployments (cfg);
+    llmq_keyring_t **rings = s_load_deployments (cfg);
+    if (!rings) {
+        llmq_config_destroy (&cfg);
+        return 2;
+    }
 
     /*  curl and ZeroMQ start here, in the process that runs them. Our own
         SIGINT/SIGTERM handlers replace czmq's, which would only set a flag
         nobody here reads. */
     if (curl_global_init (CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         llmq_error ("cannot initialise libcurl");
+        s_rings_destroy (rings, cfg->ndeployments);
         llmq_config_destroy (&cfg);
         return 1;
     }
     zsys_handler_set (NULL);
     zsys_init ();
-    llmq_worker_t *worker = llmq_worker_new (cfg, broker, slots);
+    llmq_worker_t *worker = llmq_worker_new (cfg, rings, broker, slots);
     int rc = 1;
     if (worker) {
         s_worker = worker;
@@ -195,6 +227,7 @@ main (int argc, char *argv[])
         s_worker = NULL;
         llmq_worker_destroy (&worker);
     }
+    s_rings_destroy (rings, cfg->ndeployments);
     llmq_config_destroy (&cfg);
     curl_global_cleanup ();
     return rc;

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <jansson.h>
+
 /*  The registry: one X(name) per adapter, defined in provider_NAME.c as
     `const llmq_provider_t llmq_provider_NAME`. */
 #define LLMQ_PROVIDERS(X) \
@@ -87,6 +89,11 @@ llmq_reply_reset (llmq_reply_t *r)
     if (r->content.p) {
         r->content.p[0] = '\0';
     }
+    r->tool_calls.len = 0;
+    if (r->tool_calls.p) {
+        r->tool_calls.p[0] = '\0';
+    }
+    r->ntools = 0;
     r->finish_reason[0] = '\0';
     r->request_id[0] = '\0';
     r->prompt_tokens = r->completion_tokens = 0;
@@ -99,6 +106,15 @@ void
 llmq_reply_free (llmq_reply_t *r)
 {
     llmq_text_free (&r->content);
+    llmq_text_free (&r->tool_calls);
+    for (size_t i = 0; i < r->tools_cap; i++) {
+        llmq_text_free (&r->tools[i].id);
+        llmq_text_free (&r->tools[i].name);
+        llmq_text_free (&r->tools[i].args);
+    }
+    free (r->tools);
+    r->tools = NULL;
+    r->ntools = r->tools_cap = 0;
 }
 
 /*  Mask anything that looks like an OpenAI-style secret ("sk-...") in
@@ -153,6 +169,96 @@ void
 llmq_reply_set_request_id (llmq_reply_t *r, const char *request_id)
 {
     snprintf (r->request_id, sizeof r->request_id, "%s", request_id ? request_id : "");
+}
+
+/*  --- tool calls -------------------------------------------------------- */
+
+/*  Empty a text kept for reuse. */
+static void
+s_text_clear (llmq_text_t *t)
+{
+    t->len = 0;
+    if (t->p) {
+        t->p[0] = '\0';
+    }
+}
+
+int
+llmq_reply_tool (llmq_reply_t *r, long key, const char *id, const char *name,
+                 const char *args, size_t args_len)
+{
+    llmq_tool_call_t *call = NULL;
+    for (size_t i = 0; i < r->ntools && !call; i++) {
+        if (r->tools[i].key == key) {
+            call = &r->tools[i];
+        }
+    }
+    if (!call) {
+        if (r->ntools == r->tools_cap) {
+            size_t cap = r->tools_cap ? r->tools_cap * 2 : 4;
+            llmq_tool_call_t *v = realloc (r->tools, cap * sizeof *v);
+            if (!v) {
+                return llmq_reply_fail (r, LLMQ_EC_INTERNAL, "out of memory");
+            }
+            memset (v + r->tools_cap, 0, (cap - r->tools_cap) * sizeof *v);
+            r->tools = v;
+            r->tools_cap = cap;
+        }
+        call = &r->tools[r->ntools++];
+        call->key = key;
+        s_text_clear (&call->id);
+        s_text_clear (&call->name);
+        s_text_clear (&call->args);
+    }
+    if ((id && *id && call->id.len == 0 && llmq_text_add (&call->id, id, strlen (id)))
+        || (name && *name && call->name.len == 0 && llmq_text_add (&call->name, name, strlen (name)))
+        || (args && args_len && llmq_text_add (&call->args, args, args_len))) {
+        return llmq_reply_fail (r, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
+int
+llmq_reply_tools_end (llmq_reply_t *r)
+{
+    s_text_clear (&r->tool_calls);
+    if (r->ntools == 0) {
+        return 0;
+    }
+    json_t *calls = json_array ();
+    if (!calls) {
+        return llmq_reply_fail (r, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    for (size_t i = 0; i < r->ntools; i++) {
+        const llmq_tool_call_t *c = &r->tools[i];
+        if (c->name.len == 0) {
+            json_decref (calls);
+            return llmq_reply_fail (r, LLMQ_EC_BAD_RESPONSE, "tool call %zu has no function name", i);
+        }
+        char made[32];
+        snprintf (made, sizeof made, "call_%zu", i);
+        const char *id = c->id.len ? c->id.p : made;
+        size_t id_len = c->id.len ? c->id.len : strlen (made);
+        /*  s% validates UTF-8: a name or arguments that are not make the
+            pack fail (as would running out of memory, far less likely). */
+        json_t *call = json_pack ("{s:s%,s:s,s:{s:s%,s:s%}}",
+                                  "id", id, id_len, "type", "function",
+                                  "function", "name", c->name.p, c->name.len,
+                                  "arguments", c->args.len ? c->args.p : "{}",
+                                  c->args.len ? c->args.len : (size_t) 2);
+        if (!call || json_array_append_new (calls, call)) {
+            json_decref (calls);
+            return llmq_reply_fail (r, LLMQ_EC_BAD_RESPONSE, "tool call %zu is not valid UTF-8", i);
+        }
+    }
+    char *text = json_dumps (calls, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref (calls);
+    if (!text || llmq_text_add (&r->tool_calls, text, strlen (text))) {
+        free (text);
+        return llmq_reply_fail (r, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    free (text);
+    return 0;
 }
 
 void

@@ -13,8 +13,9 @@
     `const llmq_provider_t llmq_provider_NAME`, add X(NAME) to LLMQ_PROVIDERS
     in provider.c and the file to worker/CMakeLists.txt.
 
-    Secrets: adapters read an API key only in `endpoint` (to build the
-    header) and never put one in a reply, a log line or an error text.
+    Secrets: adapters see an API key only in `endpoint`, which gets it from
+    the worker's keyring (keyring.h) and puts it in a header; they never
+    put one in a reply, a log line or an error text.
 */
 #ifndef LLMQ_PROVIDER_H
 #define LLMQ_PROVIDER_H
@@ -41,10 +42,24 @@ int  llmq_text_add (llmq_text_t *t, const char *s, size_t n);
 int  llmq_text_reserve (llmq_text_t *t, size_t n);
 void llmq_text_free (llmq_text_t *t);
 
+/*  One tool call being gathered (a stream brings it in pieces). */
+typedef struct {
+    long        key;            /* what the provider numbers it by (a stream's index) */
+    llmq_text_t id;             /* provider's call id ("" until known) */
+    llmq_text_t name;           /* function name ("" until known) */
+    llmq_text_t args;           /* arguments JSON text, pieces concatenated */
+} llmq_tool_call_t;
+
 /*  Everything an adapter learned from one call. Fixed-size fields so that
-    a reply reused from call to call costs no allocation. */
+    a reply reused from call to call costs no allocation (the buffers below
+    are kept and reused too). */
 typedef struct {
     llmq_text_t content;        /* assistant text (partial on a broken stream) */
+    llmq_text_t tool_calls;     /* tool calls as JSON text in OpenAI's shape,
+                                   built by llmq_reply_tools_end; len 0: none */
+    llmq_tool_call_t *tools;    /* calls gathered so far, in order of arrival */
+    size_t   ntools;
+    size_t   tools_cap;
     char     finish_reason[32]; /* "stop", "length", ... ("" if not given) */
     char     request_id[128];   /* provider's id for the answer ("" if none) */
     uint32_t prompt_tokens;
@@ -63,6 +78,21 @@ int  llmq_reply_fail (llmq_reply_t *r, int error_class, const char *fmt, ...)
      __attribute__((format(printf, 3, 4)));
 void llmq_reply_set_finish (llmq_reply_t *r, const char *finish_reason);
 void llmq_reply_set_request_id (llmq_reply_t *r, const char *request_id);
+
+/*  Tool calls. Adapters add what they learn with llmq_reply_tool and, once
+    the answer is whole (with its finish reason), call llmq_reply_tools_end
+    to write reply->tool_calls:
+        [{"id","type":"function","function":{"name","arguments"}}, ...]
+    llmq_reply_tool finds the call numbered `key` (a stream's index), or
+    starts a new one after the others; it sets `id` and `name` if given and
+    the call has none yet, and appends `args` (args_len bytes; NULL adds
+    nothing). Both return 0, or -1 with the reply failed (INTERNAL when out
+    of memory; BAD_RESPONSE from tools_end for a call with no name or text
+    that is not UTF-8). A call without an id gets "call_<n>", n counting
+    from 0 in the answer; one without arguments gets "{}". */
+int  llmq_reply_tool (llmq_reply_t *r, long key, const char *id, const char *name,
+                      const char *args, size_t args_len);
+int  llmq_reply_tools_end (llmq_reply_t *r);
 
 /*  Fixed parts of every request to one deployment, built once. */
 typedef struct {
@@ -87,10 +117,11 @@ typedef struct {
                     llmq_reply_t *reply, llmq_delta_fn *emit, void *arg);
 
     /*  HTTP providers set the rest. */
-    /*  URL and headers for `dep` (the API key is read here). Returns 0, or
-        -1 with reply->error_class set (INTERNAL for a bad deployment, AUTH
-        when the key's environment variable is not set). */
-    int  (*endpoint) (const llmq_deployment_t *dep, llmq_endpoint_t *ep,
+    /*  URL and headers for `dep` with API key `key` (borrowed; NULL: no key
+        header, for endpoints that need none). Returns 0, or -1 with
+        reply->error_class set (INTERNAL for a bad deployment, AUTH for a
+        key that cannot go in a header). */
+    int  (*endpoint) (const llmq_deployment_t *dep, const char *key, llmq_endpoint_t *ep,
                       llmq_reply_t *reply);
     /*  Request body for `job` into `body` (emptied first). Returns 0, or -1
         with reply->error_class set (INVALID_REQUEST for a bad job body). */

@@ -14,20 +14,35 @@
       temperature, top_p               -> the same names
       stop (string or array)           -> "stop_sequences" (array)
       user                             -> "metadata": {"user_id"}
+      tools[{type:function,function:   -> "tools": [{name, description,
+        {name,description,parameters}}]     input_schema}]
+      tool_choice auto|none|required   -> {"type":"auto"|"none"|"any"}
+      tool_choice {function:{name}}    -> {"type":"tool","name"}
+      parallel_tool_calls false        -> tool_choice.disable_parallel_tool_use
+      assistant tool_calls[]           -> content blocks {"type":"tool_use",
+                                          id, name, input (the parsed arguments)}
+      messages[role=tool]              -> a user message of {"type":"tool_result",
+                                          tool_use_id, content} blocks (tool
+                                          messages in a row share one)
       the job's stream flag            -> "stream"
       the deployment's model           -> "model"
 
     Anthropic refuses unknown fields ("Extra inputs are not permitted"), so
     every other field (n, response_format, logprobs...) is left out. What
     we cannot translate faithfully is refused as an invalid request rather
-    than silently changed: tool and function messages, tool definitions,
-    and content parts other than text (images, audio, files).
+    than silently changed: the legacy "functions"/"function_call" fields
+    and role "function", tools of a type other than "function", and
+    content parts other than text (images, audio, files).
 
     Answers:
       non-streamed  {"id","type":"message","content":[{"type":"text","text"}...],
                      "stop_reason","usage":{"input_tokens","output_tokens"}}
+                    tool_use blocks {id,name,input} become the reply's tool
+                    calls (arguments: the input as JSON text)
       streamed      event: message_start / content_block_start / ping /
                     content_block_delta (text_delta) ... / content_block_stop /
+                    (a tool_use block: content_block_start brings id and
+                    name, input_json_delta pieces its input's JSON text) /
                     message_delta (stop_reason, usage) / message_stop, and
                     possibly "event: error" in the middle of it all
       errors        {"type":"error","error":{"type","message"}}
@@ -91,7 +106,7 @@ s_header (struct curl_slist **list, const char *name, const char *value)
 }
 
 static int
-s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *reply)
+s_endpoint (const llmq_deployment_t *dep, const char *key, llmq_endpoint_t *ep, llmq_reply_t *reply)
 {
     memset (ep, 0, sizeof *ep);
     /*  The config fills in the public URL; a deployment built by hand
@@ -102,19 +117,10 @@ s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *rep
         return llmq_reply_fail (reply, LLMQ_EC_INTERNAL,
                                 "api_version of deployment %s is not printable ASCII", dep->name);
     }
-    const char *key = NULL;
-    if (dep->api_key_env && *dep->api_key_env) {
-        key = getenv (dep->api_key_env);
-        if (!key || !*key) {
-            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
-                                    "environment variable %s (api_key_env of deployment %s) is not set",
-                                    dep->api_key_env, dep->name);
-        }
-        if (!s_header_safe (key)) {
-            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
-                                    "environment variable %s (api_key_env of deployment %s) holds "
-                                    "characters not allowed in a header", dep->api_key_env, dep->name);
-        }
+    if (key && !s_header_safe (key)) {
+        return llmq_reply_fail (reply, LLMQ_EC_AUTH,
+                                "the key of deployment %s holds characters not allowed in a header",
+                                dep->name);
     }
     size_t n = strlen (base);
     while (n > 0 && base[n - 1] == '/') {
@@ -197,11 +203,107 @@ s_parts (json_t *content, size_t index, json_t **blocks, llmq_text_t *system,
     return 0;
 }
 
+/*  An assistant's OpenAI tool_calls as tool_use blocks appended to
+    `blocks`. Returns 0, or -1 with the reply failed. */
+static int
+s_tool_uses (json_t *calls, size_t index, json_t *blocks, llmq_reply_t *reply)
+{
+    size_t j;
+    json_t *call;
+    json_array_foreach (calls, j, call) {
+        json_t *fn = json_object_get (call, "function");
+        const char *type = json_string_value (json_object_get (call, "type"));
+        const char *id = json_string_value (json_object_get (call, "id"));
+        const char *name = json_string_value (json_object_get (fn, "name"));
+        json_t *args = json_object_get (fn, "arguments");
+        if (type && strcmp (type, "function") != 0) {
+            return S_REFUSE (reply, "messages[%zu].tool_calls[%zu]: type '%.40s' is not supported "
+                             "by the anthropic adapter (function only)", index, j, type);
+        }
+        if (!id || !*id || !name || !*name) {
+            return S_REFUSE (reply, "messages[%zu].tool_calls[%zu] needs an \"id\" and a "
+                             "function \"name\"", index, j);
+        }
+        /*  Anthropic wants the input as an object, OpenAI sends the
+            arguments as its JSON text ("" or none for no arguments). */
+        json_t *input = NULL;
+        if (json_is_string (args) && json_string_length (args) > 0) {
+            input = json_loadb (json_string_value (args), json_string_length (args), 0, NULL);
+        }
+        else if (!args || json_is_null (args) || json_is_string (args)) {
+            input = json_object ();
+        }
+        else if (json_is_object (args)) {
+            input = json_incref (args);
+        }
+        if (!json_is_object (input)) {
+            json_decref (input);
+            return S_REFUSE (reply, "messages[%zu].tool_calls[%zu]: function arguments are not "
+                             "a JSON object", index, j);
+        }
+        if (json_array_append_new (blocks, json_pack ("{s:s,s:s,s:s,s:o}", "type", "tool_use",
+                                                      "id", id, "name", name, "input", input))) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    return 0;
+}
+
+/*  A role "tool" message as a tool_result block, appended to `results`
+    (the content of the user message that carries them). */
+static int
+s_tool_result (json_t *m, json_t *content, size_t index, json_t *results, llmq_reply_t *reply)
+{
+    const char *call_id = json_string_value (json_object_get (m, "tool_call_id"));
+    if (!call_id || !*call_id) {
+        return S_REFUSE (reply, "messages[%zu]: a tool message needs a \"tool_call_id\" string", index);
+    }
+    json_t *value = NULL;
+    if (json_is_string (content)) {
+        value = json_incref (content);
+    }
+    else if (s_parts (content, index, &value, NULL, reply)) {
+        json_decref (value);
+        return -1;
+    }
+    if (json_array_append_new (results, json_pack ("{s:s,s:s,s:o}", "type", "tool_result",
+                                                   "tool_use_id", call_id, "content", value))) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
+/*  The content blocks of an assistant message with tool calls: its text,
+    if any, then one tool_use block per call. */
+static int
+s_assistant_calls (json_t *content, json_t *calls, size_t index, json_t **blocks,
+                   llmq_reply_t *reply)
+{
+    if (json_is_array (content)) {
+        if (s_parts (content, index, blocks, NULL, reply)) {
+            return -1;
+        }
+    }
+    else {
+        *blocks = json_array ();
+        if (!*blocks) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+        if (json_string_length (content) > 0
+            && json_array_append_new (*blocks, json_pack ("{s:s,s:O}", "type", "text",
+                                                          "text", content))) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    return s_tool_uses (calls, index, *blocks, reply);
+}
+
 /*  OpenAI "messages" into Anthropic's "messages" (out, an array) and the
     system prompt. Returns 0, or -1 with the reply failed. */
 static int
 s_messages (json_t *messages, json_t *out, llmq_text_t *system, llmq_reply_t *reply)
 {
+    json_t *results = NULL;     /* tool_result blocks of the tool messages in a row */
     size_t i;
     json_t *m;
     json_array_foreach (messages, i, m) {
@@ -211,17 +313,40 @@ s_messages (json_t *messages, json_t *out, llmq_text_t *system, llmq_reply_t *re
         }
         json_t *content = json_object_get (m, "content");
         bool is_system = strcmp (role, "system") == 0 || strcmp (role, "developer") == 0;
-        if (!is_system && strcmp (role, "user") != 0 && strcmp (role, "assistant") != 0) {
+        bool is_tool = strcmp (role, "tool") == 0;
+        bool is_assistant = strcmp (role, "assistant") == 0;
+        if (!is_system && !is_tool && !is_assistant && strcmp (role, "user") != 0) {
             return S_REFUSE (reply, "messages[%zu]: role '%.40s' is not supported by the "
-                             "anthropic adapter (system, developer, user, assistant)", i, role);
+                             "anthropic adapter (system, developer, user, assistant, tool)", i, role);
         }
-        if (json_object_get (m, "tool_calls") || json_object_get (m, "function_call")) {
-            return S_REFUSE (reply, "messages[%zu]: tool calls are not supported by the "
-                             "anthropic adapter", i);
+        if (json_object_get (m, "function_call")) {
+            return S_REFUSE (reply, "messages[%zu]: function_call is not supported by the "
+                             "anthropic adapter (use tool_calls)", i);
         }
-        if (!json_is_string (content) && !json_is_array (content)) {
+        json_t *calls = json_object_get (m, "tool_calls");
+        if (calls && !json_is_null (calls) && (!json_is_array (calls) || !is_assistant)) {
+            return S_REFUSE (reply, "messages[%zu]: \"tool_calls\" must be an array, in an "
+                             "assistant message", i);
+        }
+        bool has_calls = json_array_size (calls) > 0;
+        bool no_content = !content || json_is_null (content);
+        if (!(has_calls && no_content) && !json_is_string (content) && !json_is_array (content)) {
             return S_REFUSE (reply, "messages[%zu] has no \"content\" string or array", i);
         }
+        if (is_tool) {
+            if (!results) {
+                json_t *turn = json_pack ("{s:s,s:[]}", "role", "user", "content");
+                if (!turn || json_array_append_new (out, turn)) {
+                    return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+                }
+                results = json_object_get (turn, "content");
+            }
+            if (s_tool_result (m, content, i, results, reply)) {
+                return -1;
+            }
+            continue;
+        }
+        results = NULL;
         if (is_system && json_is_array (content)) {
             if (s_parts (content, i, NULL, system, reply)) {
                 return -1;
@@ -235,7 +360,13 @@ s_messages (json_t *messages, json_t *out, llmq_text_t *system, llmq_reply_t *re
             continue;
         }
         json_t *value = NULL;
-        if (json_is_string (content)) {
+        if (has_calls) {
+            if (s_assistant_calls (content, calls, i, &value, reply)) {
+                json_decref (value);
+                return -1;
+            }
+        }
+        else if (json_is_string (content)) {
             value = json_incref (content);
         }
         else if (s_parts (content, i, &value, NULL, reply)) {
@@ -331,12 +462,120 @@ s_stop (json_t *root, json_t *req, llmq_reply_t *reply)
     return 0;
 }
 
-/*  True if the job defines tools or functions (a non-empty array). */
-static bool
-s_has_tools (json_t *root)
+/*  OpenAI's tool definitions as Anthropic's "tools" in req. */
+static int
+s_tool_defs (json_t *tools, json_t *req, llmq_reply_t *reply)
 {
-    return json_array_size (json_object_get (root, "tools")) > 0
-        || json_array_size (json_object_get (root, "functions")) > 0;
+    if (!json_is_array (tools)) {
+        return S_REFUSE (reply, "\"tools\" must be an array");
+    }
+    json_t *defs = json_array ();
+    if (!defs || json_object_set_new (req, "tools", defs)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    size_t i;
+    json_t *tool;
+    json_array_foreach (tools, i, tool) {
+        const char *type = json_string_value (json_object_get (tool, "type"));
+        json_t *fn = json_object_get (tool, "function");
+        json_t *name = json_object_get (fn, "name");
+        json_t *description = json_object_get (fn, "description");
+        json_t *parameters = json_object_get (fn, "parameters");
+        if (!type || strcmp (type, "function") != 0) {
+            return S_REFUSE (reply, "tools[%zu]: type '%.40s' is not supported by the anthropic "
+                             "adapter (function only)", i, type ? type : "?");
+        }
+        if (!json_is_string (name) || json_string_length (name) == 0) {
+            return S_REFUSE (reply, "tools[%zu] has no function \"name\" string", i);
+        }
+        if (parameters && !json_is_null (parameters) && !json_is_object (parameters)) {
+            return S_REFUSE (reply, "tools[%zu]: function parameters must be an object", i);
+        }
+        /*  A function without parameters takes none: Anthropic requires a schema. */
+        json_t *def = json_is_object (parameters)
+                    ? json_pack ("{s:O,s:O}", "name", name, "input_schema", parameters)
+                    : json_pack ("{s:O,s:{s:s,s:{}}}", "name", name,
+                                 "input_schema", "type", "object", "properties");
+        if (def && json_is_string (description)) {
+            json_object_set (def, "description", description);
+        }
+        if (!def || json_array_append_new (defs, def)) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    return 0;
+}
+
+/*  OpenAI "tool_choice" (and parallel_tool_calls: false) as Anthropic's
+    "tool_choice" in req. Without tools it is left out, as the choice has
+    nothing to choose from. */
+static int
+s_tool_choice (json_t *root, json_t *req, llmq_reply_t *reply)
+{
+    json_t *choice = json_object_get (root, "tool_choice");
+    json_t *tc = NULL;
+    if (json_is_string (choice)) {
+        static const char *map[][2] = { { "auto", "auto" }, { "none", "none" }, { "required", "any" } };
+        for (size_t i = 0; i < 3 && !tc; i++) {
+            if (strcmp (json_string_value (choice), map[i][0]) == 0) {
+                tc = json_pack ("{s:s}", "type", map[i][1]);
+                if (!tc) {
+                    return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+                }
+            }
+        }
+        if (!tc) {
+            return S_REFUSE (reply, "\"tool_choice\" '%.40s' is not auto, none or required",
+                             json_string_value (choice));
+        }
+    }
+    else if (json_is_object (choice)) {
+        json_t *name = json_object_get (json_object_get (choice, "function"), "name");
+        if (!json_is_string (name)) {
+            return S_REFUSE (reply, "\"tool_choice\" names no function");
+        }
+        tc = json_pack ("{s:s,s:O}", "type", "tool", "name", name);
+        if (!tc) {
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    else if (choice && !json_is_null (choice)) {
+        return S_REFUSE (reply, "\"tool_choice\" must be a string or an object");
+    }
+    if (!json_object_get (req, "tools")) {
+        json_decref (tc);
+        return 0;
+    }
+    if (json_is_false (json_object_get (root, "parallel_tool_calls"))) {
+        if (!tc) {
+            tc = json_pack ("{s:s}", "type", "auto");
+        }
+        if (!tc || (strcmp (json_string_value (json_object_get (tc, "type")), "none") != 0
+                    && json_object_set_new (tc, "disable_parallel_tool_use", json_true ()))) {
+            json_decref (tc);
+            return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    if (tc && json_object_set_new (req, "tool_choice", tc)) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
+/*  Tools and the tool choice, when the job has them. */
+static int
+s_tools (json_t *root, json_t *req, llmq_reply_t *reply)
+{
+    if (json_object_get (root, "functions") || json_object_get (root, "function_call")) {
+        return S_REFUSE (reply, "the legacy \"functions\" and \"function_call\" fields are not "
+                         "supported by the anthropic adapter (use tools)");
+    }
+    json_t *tools = json_object_get (root, "tools");
+    bool empty = json_is_array (tools) && json_array_size (tools) == 0;
+    if (tools && !json_is_null (tools) && !empty && s_tool_defs (tools, req, reply)) {
+        return -1;
+    }
+    return s_tool_choice (root, req, reply);
 }
 
 static int
@@ -363,10 +602,6 @@ s_build (const llmq_deployment_t *dep, const llmq_job_t *job, llmq_text_t *body,
     json_t *messages = json_object_get (root, "messages");
     if (!json_is_array (messages) || json_array_size (messages) == 0) {
         S_REFUSE (reply, "job body has no \"messages\" array");
-        goto done;
-    }
-    if (s_has_tools (root)) {
-        S_REFUSE (reply, "tools are not supported by the anthropic adapter");
         goto done;
     }
     const char *model = dep->model && *dep->model ? dep->model : job->model;
@@ -398,7 +633,7 @@ s_build (const llmq_deployment_t *dep, const llmq_job_t *job, llmq_text_t *body,
         goto done;
     }
     if (s_number (root, req, "temperature", reply) || s_number (root, req, "top_p", reply)
-        || s_stop (root, req, reply)) {
+        || s_stop (root, req, reply) || s_tools (root, req, reply)) {
         goto done;
     }
     json_t *user = json_object_get (root, "user");
@@ -527,6 +762,25 @@ s_usage (json_t *usage, llmq_reply_t *reply)
     }
 }
 
+/*  A tool_use block {"id","name","input"} as the reply's call `key`. In
+    a stream the input starts empty ({}) and comes as input_json_delta
+    pieces, so an empty input adds no arguments there. */
+static int
+s_tool_use (json_t *block, long key, llmq_reply_t *reply)
+{
+    const char *id = json_string_value (json_object_get (block, "id"));
+    const char *name = json_string_value (json_object_get (block, "name"));
+    json_t *input = json_object_get (block, "input");
+    char *args = json_object_size (input) > 0 ? json_dumps (input, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                                              : NULL;
+    if (json_object_size (input) > 0 && !args) {
+        return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    int rc = llmq_reply_tool (reply, key, id, name, args, args ? strlen (args) : 0);
+    free (args);
+    return rc;
+}
+
 static int
 s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
 {
@@ -550,8 +804,8 @@ s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
         llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "response has no \"content\" array");
         goto done;
     }
-    /*  Text blocks in order; tool_use, thinking and other blocks carry no
-        text for the client. */
+    /*  Text blocks in order, tool_use blocks as tool calls; thinking and
+        other blocks carry nothing for the client. */
     if (llmq_text_add (&reply->content, "", 0)) {
         llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
         goto done;
@@ -560,6 +814,12 @@ s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
     json_t *block;
     json_array_foreach (content, i, block) {
         const char *btype = json_string_value (json_object_get (block, "type"));
+        if (btype && strcmp (btype, "tool_use") == 0) {
+            if (s_tool_use (block, (long) i, reply)) {
+                goto done;
+            }
+            continue;
+        }
         if (!btype || strcmp (btype, "text") != 0) {
             continue;
         }
@@ -574,6 +834,9 @@ s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
         }
     }
     llmq_reply_set_finish (reply, s_finish (json_string_value (json_object_get (root, "stop_reason"))));
+    if (llmq_reply_tools_end (reply)) {
+        goto done;
+    }
     llmq_reply_set_request_id (reply, json_string_value (json_object_get (root, "id")));
     s_usage (json_object_get (root, "usage"), reply);
     rc = 0;
@@ -619,9 +882,14 @@ s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *re
     if (strcmp (type, "content_block_delta") == 0) {
         json_t *delta = json_object_get (root, "delta");
         const char *dtype = json_string_value (json_object_get (delta, "type"));
-        /*  input_json_delta, thinking_delta, signature_delta: not text. */
+        /*  thinking_delta, signature_delta: nothing for the client. */
         if (dtype && strcmp (dtype, "text_delta") == 0) {
             rc = s_text (json_object_get (delta, "text"), reply, emit, arg);
+        }
+        else if (dtype && strcmp (dtype, "input_json_delta") == 0) {
+            json_t *piece = json_object_get (delta, "partial_json");
+            rc = llmq_reply_tool (reply, (long) json_integer_value (json_object_get (root, "index")),
+                                  NULL, NULL, json_string_value (piece), json_string_length (piece));
         }
     }
     else if (strcmp (type, "message_start") == 0) {
@@ -636,17 +904,22 @@ s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *re
         if (btype && strcmp (btype, "text") == 0) {
             rc = s_text (json_object_get (block, "text"), reply, emit, arg);
         }
+        else if (btype && strcmp (btype, "tool_use") == 0) {
+            rc = s_tool_use (block, (long) json_integer_value (json_object_get (root, "index")), reply);
+        }
     }
     else if (strcmp (type, "message_delta") == 0) {
         const char *stop = json_string_value (json_object_get (json_object_get (root, "delta"),
                                                                "stop_reason"));
         if (stop) {
             llmq_reply_set_finish (reply, s_finish (stop));
+            rc = llmq_reply_tools_end (reply);
         }
         s_usage (json_object_get (root, "usage"), reply);
     }
     else if (strcmp (type, "message_stop") == 0) {
         reply->finished = true;
+        rc = llmq_reply_tools_end (reply);
     }
     else if (strcmp (type, "error") == 0 || (event && strcmp (event, "error") == 0)) {
         rc = s_error (root, -1, reply);

@@ -19,7 +19,7 @@
 extern const llmq_provider_t llmq_provider_openai;
 
 static int
-s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *reply)
+s_endpoint (const llmq_deployment_t *dep, const char *key, llmq_endpoint_t *ep, llmq_reply_t *reply)
 {
     memset (ep, 0, sizeof *ep);
     if (!dep->base_url || !*dep->base_url) {
@@ -30,18 +30,9 @@ s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *rep
         return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "deployment %s: api_version '%s' is not a version",
                                 dep->name, version);
     }
-    const char *key = NULL;
-    if (dep->api_key_env && *dep->api_key_env) {
-        key = getenv (dep->api_key_env);
-        if (!key || !*key) {
-            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
-                                    "environment variable %s (api_key_env of deployment %s) is not set",
-                                    dep->api_key_env, dep->name);
-        }
-        if (strpbrk (key, "\r\n")) {
-            return llmq_reply_fail (reply, LLMQ_EC_AUTH, "the key of deployment %s holds a line break",
-                                    dep->name);
-        }
+    if (key && strpbrk (key, "\r\n")) {
+        return llmq_reply_fail (reply, LLMQ_EC_AUTH, "the key of deployment %s holds a line break",
+                                dep->name);
     }
     size_t n = strlen (dep->base_url);
     while (n > 0 && dep->base_url[n - 1] == '/') {

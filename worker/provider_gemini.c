@@ -10,10 +10,23 @@
       json_object / json_schema      -> generationConfig{temperature, topP,
                                         maxOutputTokens, stopSequences, ...,
                                         responseMimeType "application/json"}
+      tools[{type:function,function:{name,description,parameters}}]
+                                     -> tools[{functionDeclarations:[{name,
+                                        description, parameters}]}]
+      tool_choice auto|none|required -> toolConfig{functionCallingConfig{mode
+                                        AUTO|NONE|ANY}}; {function:{name}} ->
+                                        mode ANY, allowedFunctionNames [name]
+      assistant tool_calls[]         -> "model" parts {functionCall:{name, args}}
+      messages[role=tool]            -> a "user" content of {functionResponse:
+                                        {name, response}} parts (tool messages
+                                        in a row share one); the name is the
+                                        one of the call the tool_call_id names,
+                                        the response the content when it is a
+                                        JSON object, else {"content": text}
     Consecutive messages of one role are kept as separate contents (the
     API accepts them), so every message stays one turn. An array content's
-    text parts become parts of one content. Tool and function messages are
-    refused: translating tool calls is not done here.
+    text parts become parts of one content. Role "function" and the legacy
+    functions/function_call fields are refused.
 
     The model is part of the URL, not the body:
       POST {base_url}/models/{model}:generateContent
@@ -34,6 +47,10 @@
                  "modelVersion","responseId"}
                 A stream's chunks carry text pieces; the last one carries
                 finishReason and the final usageMetadata. There is no [DONE].
+                A part {"functionCall":{"name","args"[,"id"]}} is a tool call
+                (whole, never split across chunks): the reply's tool calls
+                get it, with id "call_<n>" when Gemini gives none, and a
+                finishReason STOP becomes "tool_calls".
       blocked   {"promptFeedback":{"blockReason":"SAFETY",...}} and no
                 candidates, or a candidate with finishReason SAFETY (or
                 RECITATION, BLOCKLIST...) and no text: a typed failure,
@@ -113,7 +130,7 @@ s_model_ok (const char *m)
 }
 
 static int
-s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *reply)
+s_endpoint (const llmq_deployment_t *dep, const char *key, llmq_endpoint_t *ep, llmq_reply_t *reply)
 {
     memset (ep, 0, sizeof *ep);
     if (!dep->base_url || !*dep->base_url) {
@@ -127,14 +144,8 @@ s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *rep
         return s_fail (reply, LLMQ_EC_INTERNAL, "deployment %s: model \"%.64s\" is not a Gemini model name",
                        dep->name, model);
     }
-    const char *key = NULL;
-    if (dep->api_key_env && *dep->api_key_env) {
-        key = getenv (dep->api_key_env);
-        if (!key || !*key) {
-            return s_fail (reply, LLMQ_EC_AUTH,
-                           "environment variable %s (api_key_env of deployment %s) is not set",
-                           dep->api_key_env, dep->name);
-        }
+    if (key && strpbrk (key, "\r\n")) {
+        return s_fail (reply, LLMQ_EC_AUTH, "the key of deployment %s holds a line break", dep->name);
     }
     size_t n = strlen (dep->base_url);
     while (n > 0 && dep->base_url[n - 1] == '/') {
@@ -218,9 +229,117 @@ s_add_parts (json_t *parts, json_t *content, size_t i, llmq_reply_t *reply)
     return 0;
 }
 
+/*  Append an assistant's tool_calls to `parts` as functionCall parts. */
+static int
+s_call_parts (json_t *parts, json_t *calls, size_t i, llmq_reply_t *reply)
+{
+    size_t k;
+    json_t *call;
+    json_array_foreach (calls, k, call) {
+        json_t *fn = json_object_get (call, "function");
+        const char *type = json_string_value (json_object_get (call, "type"));
+        const char *name = json_string_value (json_object_get (fn, "name"));
+        json_t *args = json_object_get (fn, "arguments");
+        if ((type && strcmp (type, "function") != 0) || !name || !*name) {
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
+                           "messages[%zu].tool_calls[%zu] is not a function call with a name", i, k);
+        }
+        json_t *obj = json_string_length (args) > 0
+                    ? json_loadb (json_string_value (args), json_string_length (args), 0, NULL)
+                    : json_is_object (args) ? json_incref (args) : json_object ();
+        if (!json_is_object (obj)) {
+            json_decref (obj);
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
+                           "messages[%zu].tool_calls[%zu]: arguments are not a JSON object", i, k);
+        }
+        if (json_array_append_new (parts, json_pack ("{s:{s:s, s:o}}", "functionCall",
+                                                     "name", name, "args", obj))) {
+            return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    return 0;
+}
+
+/*  The function name of the call `id` among the assistant messages before
+    messages[upto], or NULL. */
+static const char *
+s_call_name (json_t *messages, size_t upto, const char *id)
+{
+    for (size_t i = upto; i-- > 0; ) {
+        size_t k;
+        json_t *call;
+        json_array_foreach (json_object_get (json_array_get (messages, i), "tool_calls"), k, call) {
+            const char *cid = json_string_value (json_object_get (call, "id"));
+            if (cid && strcmp (cid, id) == 0) {
+                return json_string_value (json_object_get (json_object_get (call, "function"), "name"));
+            }
+        }
+    }
+    return NULL;
+}
+
+/*  A role "tool" message as a functionResponse part appended to `parts`. */
+static int
+s_response_part (json_t *parts, json_t *messages, size_t i, llmq_reply_t *reply)
+{
+    json_t *m = json_array_get (messages, i);
+    const char *id = json_string_value (json_object_get (m, "tool_call_id"));
+    const char *name = id ? s_call_name (messages, i, id) : NULL;
+    if (!name) {
+        return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "messages[%zu]: the tool message's "
+                       "tool_call_id names no earlier tool call (gemini needs its function name)", i);
+    }
+    json_t *content = json_object_get (m, "content");
+    json_t *text = NULL;
+    if (json_is_array (content)) {
+        /*  Text parts joined: a function's answer is one value. */
+        json_t *pieces = json_array ();
+        if (!pieces || s_add_parts (pieces, content, i, reply)) {
+            json_decref (pieces);
+            return pieces ? -1 : s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+        llmq_text_t joined = { 0 };
+        size_t k;
+        json_t *piece;
+        json_array_foreach (pieces, k, piece) {
+            json_t *t = json_object_get (piece, "text");
+            if (llmq_text_add (&joined, json_string_value (t), json_string_length (t))) {
+                json_decref (pieces);
+                llmq_text_free (&joined);
+                return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            }
+        }
+        json_decref (pieces);
+        text = json_stringn (joined.p ? joined.p : "", joined.len);
+        llmq_text_free (&joined);
+    }
+    else if (json_is_string (content)) {
+        text = json_incref (content);
+    }
+    else {
+        return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "messages[%zu]: a tool message needs content", i);
+    }
+    if (!text) {
+        return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    /*  Gemini wants an object: a JSON object answer as is, else wrapped. */
+    json_t *response = json_loadb (json_string_value (text), json_string_length (text), 0, NULL);
+    if (!json_is_object (response)) {
+        json_decref (response);
+        response = json_pack ("{s:O}", "content", text);
+    }
+    json_decref (text);
+    if (!response || json_array_append_new (parts, json_pack ("{s:{s:s, s:o}}", "functionResponse",
+                                                              "name", name, "response", response))) {
+        return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    return 0;
+}
+
 static int
 s_contents (json_t *messages, json_t *contents, json_t *system, llmq_reply_t *reply)
 {
+    json_t *responses = NULL;   /* parts of the user content the tool messages in a row share */
     size_t i;
     json_t *m;
     json_array_foreach (messages, i, m) {
@@ -229,6 +348,20 @@ s_contents (json_t *messages, json_t *contents, json_t *system, llmq_reply_t *re
         if (!role) {
             return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "messages[%zu] has no role", i);
         }
+        if (strcmp (role, "tool") == 0) {
+            if (!responses) {
+                json_t *turn = json_pack ("{s:s, s:[]}", "role", "user", "parts");
+                if (!turn || json_array_append_new (contents, turn)) {
+                    return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+                }
+                responses = json_object_get (turn, "parts");
+            }
+            if (s_response_part (responses, messages, i, reply)) {
+                return -1;
+            }
+            continue;
+        }
+        responses = NULL;
         if (strcmp (role, "system") == 0 || strcmp (role, "developer") == 0) {
             if (s_add_parts (system, content, i, reply)) {
                 return -1;
@@ -241,11 +374,14 @@ s_contents (json_t *messages, json_t *contents, json_t *system, llmq_reply_t *re
             return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
                            "messages[%zu]: role \"%.32s\" is not supported by gemini", i, role);
         }
-        if (json_is_null (content) || !content) {
-            if (json_object_get (m, "tool_calls")) {
-                return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
-                               "messages[%zu]: tool calls are not supported by gemini", i);
-            }
+        json_t *calls = json_object_get (m, "tool_calls");
+        if (calls && !json_is_null (calls) && (!json_is_array (calls) || strcmp (grole, "model") != 0)) {
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
+                           "messages[%zu]: \"tool_calls\" must be an array, in an assistant message", i);
+        }
+        bool no_content = json_is_null (content) || !content
+                       || (json_is_string (content) && json_string_length (content) == 0 && calls);
+        if (no_content && json_array_size (calls) == 0) {
             continue;               /* an empty assistant turn says nothing */
         }
         json_t *parts = json_array ();
@@ -253,9 +389,87 @@ s_contents (json_t *messages, json_t *contents, json_t *system, llmq_reply_t *re
                                                                    "parts", parts))) {
             return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
         }
-        if (s_add_parts (parts, content, i, reply)) {
+        if ((!no_content && s_add_parts (parts, content, i, reply))
+            || s_call_parts (parts, calls, i, reply)) {
             return -1;
         }
+    }
+    return 0;
+}
+
+/*  OpenAI tools and tool_choice as Gemini's tools and toolConfig in `out`. */
+static int
+s_tools (json_t *root, json_t *out, llmq_reply_t *reply)
+{
+    if (json_object_get (root, "functions") || json_object_get (root, "function_call")) {
+        return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "the legacy \"functions\" and \"function_call\" "
+                       "fields are not supported by gemini (use tools)");
+    }
+    json_t *tools = json_object_get (root, "tools");
+    if (!tools || json_is_null (tools) || (json_is_array (tools) && json_array_size (tools) == 0)) {
+        return 0;                   /* without tools, a tool_choice has nothing to choose */
+    }
+    if (!json_is_array (tools)) {
+        return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "\"tools\" must be an array");
+    }
+    json_t *decls = json_array ();
+    if (!decls || json_object_set_new (out, "tools", json_pack ("[{s:o}]", "functionDeclarations", decls))) {
+        return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+    }
+    size_t i;
+    json_t *tool;
+    json_array_foreach (tools, i, tool) {
+        const char *type = json_string_value (json_object_get (tool, "type"));
+        json_t *fn = json_object_get (tool, "function");
+        json_t *name = json_object_get (fn, "name");
+        json_t *description = json_object_get (fn, "description");
+        json_t *parameters = json_object_get (fn, "parameters");
+        if (!type || strcmp (type, "function") != 0 || !json_is_string (name)
+            || (parameters && !json_is_null (parameters) && !json_is_object (parameters))) {
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "tools[%zu] is not a function with a name "
+                           "(and object parameters)", i);
+        }
+        json_t *decl = json_pack ("{s:O}", "name", name);
+        if (decl && json_is_string (description)) {
+            json_object_set (decl, "description", description);
+        }
+        if (decl && json_is_object (parameters)) {
+            json_object_set (decl, "parameters", parameters);
+        }
+        if (!decl || json_array_append_new (decls, decl)) {
+            return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        }
+    }
+    json_t *choice = json_object_get (root, "tool_choice");
+    json_t *config = NULL;
+    if (json_is_string (choice)) {
+        static const char *map[][2] = { { "auto", "AUTO" }, { "none", "NONE" }, { "required", "ANY" } };
+        for (size_t k = 0; k < 3 && !config; k++) {
+            if (strcmp (json_string_value (choice), map[k][0]) == 0) {
+                config = json_pack ("{s:s}", "mode", map[k][1]);
+            }
+        }
+        if (!config) {
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "\"tool_choice\" \"%.32s\" is not auto, "
+                           "none or required", json_string_value (choice));
+        }
+    }
+    else if (json_is_object (choice)) {
+        json_t *name = json_object_get (json_object_get (choice, "function"), "name");
+        if (!json_is_string (name)) {
+            return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "\"tool_choice\" names no function");
+        }
+        config = json_pack ("{s:s, s:[O]}", "mode", "ANY", "allowedFunctionNames", name);
+    }
+    else if (choice && !json_is_null (choice)) {
+        return s_fail (reply, LLMQ_EC_INVALID_REQUEST, "\"tool_choice\" must be a string or an object");
+    }
+    else {
+        return 0;
+    }
+    if (!config || json_object_set_new (out, "toolConfig",
+                                        json_pack ("{s:o}", "functionCallingConfig", config))) {
+        return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
     }
     return 0;
 }
@@ -366,7 +580,8 @@ s_build (const llmq_deployment_t *dep, const llmq_job_t *job, llmq_text_t *body,
         goto done;
     }
     if (s_contents (messages, contents, system, reply)
-        || s_generation_config (dep, root, config, reply)) {
+        || s_generation_config (dep, root, config, reply)
+        || s_tools (root, out, reply)) {
         goto done;
     }
     if (json_array_size (contents) == 0) {
@@ -554,6 +769,25 @@ s_response (json_t *root, llmq_reply_t *reply, llmq_delta_fn *emit, void *arg, b
     size_t i;
     json_t *part;
     json_array_foreach (json_object_get (json_object_get (cand, "content"), "parts"), i, part) {
+        json_t *call = json_object_get (part, "functionCall");
+        if (json_is_object (call)) {
+            /*  Each part is a whole call: a new one, after those before. */
+            json_t *args = json_object_get (call, "args");
+            char *text = json_is_object (args) ? json_dumps (args, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                                               : NULL;
+            if (json_is_object (args) && !text) {
+                return s_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+            }
+            int rc = llmq_reply_tool (reply, (long) reply->ntools,
+                                      json_string_value (json_object_get (call, "id")),
+                                      json_string_value (json_object_get (call, "name")),
+                                      text, text ? strlen (text) : 0);
+            free (text);
+            if (rc) {
+                return -1;
+            }
+            continue;
+        }
         json_t *text = json_object_get (part, "text");
         size_t n = json_string_length (text);
         if (!json_is_string (text) || n == 0 || json_is_true (json_object_get (part, "thought"))) {
@@ -574,14 +808,18 @@ s_response (json_t *root, llmq_reply_t *reply, llmq_delta_fn *emit, void *arg, b
         char buf[32];
         bool blocked;
         const char *finish = s_finish (reason, buf, sizeof buf, &blocked);
-        if (blocked && reply->content.len == 0) {
+        if (blocked && reply->content.len == 0 && reply->ntools == 0) {
             return s_fail (reply, LLMQ_EC_INVALID_REQUEST,
                            "gemini blocked the answer (finishReason %.64s)", reason);
         }
-        llmq_reply_set_finish (reply, finish);
+        /*  Gemini ends a function call with STOP; OpenAI says tool_calls. */
+        llmq_reply_set_finish (reply, reply->ntools > 0 && strcmp (finish, "stop") == 0
+                                      ? "tool_calls" : finish);
+        return llmq_reply_tools_end (reply);
     }
     else if (whole) {
-        llmq_reply_set_finish (reply, "");
+        llmq_reply_set_finish (reply, reply->ntools > 0 ? "tool_calls" : "");
+        return llmq_reply_tools_end (reply);
     }
     return 0;
 }

@@ -5,11 +5,19 @@
     small: replace "model" with the deployment's, set "stream", and ask for
     a usage chunk at the end of a stream (stream_options.include_usage).
 
+    Everything else in the job -- tools, tool_choice, response_format,
+    tool and assistant tool_calls messages -- goes to the provider as is.
+
     Answers:
-      non-streamed  {"id", "choices":[{"message":{"content"},"finish_reason"}],
+      non-streamed  {"id", "choices":[{"message":{"content","tool_calls"},"finish_reason"}],
                      "usage":{"prompt_tokens","completion_tokens"}}
       streamed      data: {"id","choices":[{"delta":{"content"},"finish_reason"}]}
                     ... data: {"choices":[],"usage":{...}}   data: [DONE]
+                    tool calls come as delta.tool_calls[{"index","id","function":
+                    {"name","arguments"}}]: id and name in the first piece of
+                    each index, the arguments text in pieces to concatenate
+      tool calls    the reply's tool_calls keeps id, function.name and
+                    function.arguments of each (content is "" when null)
       errors        {"error":{"message","type","param","code"}}
 */
 #include "provider.h"
@@ -23,20 +31,15 @@
 #define S_PATH "/chat/completions"
 
 static int
-s_endpoint (const llmq_deployment_t *dep, llmq_endpoint_t *ep, llmq_reply_t *reply)
+s_endpoint (const llmq_deployment_t *dep, const char *key, llmq_endpoint_t *ep, llmq_reply_t *reply)
 {
     memset (ep, 0, sizeof *ep);
     if (!dep->base_url || !*dep->base_url) {
         return llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "deployment %s has no base_url", dep->name);
     }
-    const char *key = NULL;
-    if (dep->api_key_env && *dep->api_key_env) {
-        key = getenv (dep->api_key_env);
-        if (!key || !*key) {
-            return llmq_reply_fail (reply, LLMQ_EC_AUTH,
-                                    "environment variable %s (api_key_env of deployment %s) is not set",
-                                    dep->api_key_env, dep->name);
-        }
+    if (key && strpbrk (key, "\r\n")) {
+        return llmq_reply_fail (reply, LLMQ_EC_AUTH, "the key of deployment %s holds a line break",
+                                dep->name);
     }
     size_t n = strlen (dep->base_url);
     while (n > 0 && dep->base_url[n - 1] == '/') {
@@ -250,6 +253,31 @@ s_error_object (json_t *error, llmq_reply_t *reply)
                                                             : "provider sent an error");
 }
 
+/*  One element of message.tool_calls, or one piece of delta.tool_calls,
+    into the reply's call numbered `key`. Arguments are a JSON text; a
+    server that sends them as an object gets them serialised. */
+static int
+s_tool_call (json_t *call, long key, llmq_reply_t *reply)
+{
+    if (!json_is_object (call)) {
+        return llmq_reply_fail (reply, LLMQ_EC_BAD_RESPONSE, "a tool call is not an object");
+    }
+    json_t *fn = json_object_get (call, "function");
+    json_t *args = json_object_get (fn, "arguments");
+    if (json_is_object (args)) {
+        char *text = json_dumps (args, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        int rc = text ? llmq_reply_tool (reply, key, json_string_value (json_object_get (call, "id")),
+                                         json_string_value (json_object_get (fn, "name")),
+                                         text, strlen (text))
+                      : llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
+        free (text);
+        return rc;
+    }
+    return llmq_reply_tool (reply, key, json_string_value (json_object_get (call, "id")),
+                            json_string_value (json_object_get (fn, "name")),
+                            json_string_value (args), json_string_length (args));
+}
+
 static int
 s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
 {
@@ -289,7 +317,18 @@ s_parse_response (const char *body, size_t len, llmq_reply_t *reply)
         llmq_reply_fail (reply, LLMQ_EC_INTERNAL, "out of memory");
         goto done;
     }
+    json_t *calls = json_object_get (message, "tool_calls");
+    size_t i;
+    json_t *call;
+    json_array_foreach (calls, i, call) {
+        if (s_tool_call (call, (long) i, reply)) {
+            goto done;
+        }
+    }
     llmq_reply_set_finish (reply, json_string_value (json_object_get (choice, "finish_reason")));
+    if (llmq_reply_tools_end (reply)) {
+        goto done;
+    }
     llmq_reply_set_request_id (reply, json_string_value (json_object_get (root, "id")));
     s_usage (json_object_get (root, "usage"), reply);
     rc = 0;
@@ -326,7 +365,8 @@ s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *re
         if (index && json_integer_value (index) != 0) {
             continue;
         }
-        json_t *content = json_object_get (json_object_get (choice, "delta"), "content");
+        json_t *delta = json_object_get (choice, "delta");
+        json_t *content = json_object_get (delta, "content");
         size_t n = json_string_length (content);
         if (json_is_string (content) && n > 0) {
             if (llmq_text_add (&reply->content, json_string_value (content), n)) {
@@ -337,9 +377,24 @@ s_parse_event (const char *event, const char *data, size_t len, llmq_reply_t *re
                 emit (arg, json_string_value (content), n);
             }
         }
+        json_t *calls = json_object_get (delta, "tool_calls");
+        size_t j;
+        json_t *call;
+        json_array_foreach (calls, j, call) {
+            /*  A piece names its call by index; one without is taken as
+                the j-th call of the answer. */
+            json_t *tindex = json_object_get (call, "index");
+            long key = json_is_integer (tindex) ? (long) json_integer_value (tindex) : (long) j;
+            if (s_tool_call (call, key, reply)) {
+                goto done;
+            }
+        }
         const char *finish = json_string_value (json_object_get (choice, "finish_reason"));
         if (finish) {
             llmq_reply_set_finish (reply, finish);
+            if (llmq_reply_tools_end (reply)) {
+                goto done;
+            }
         }
     }
     s_usage (json_object_get (root, "usage"), reply);

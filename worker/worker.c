@@ -262,13 +262,15 @@ s_drain (llmq_worker_t *w)
 /*  --- the loop --------------------------------------------------------- */
 
 llmq_worker_t *
-llmq_worker_new (const llmq_config_t *cfg, const char *endpoint, uint32_t slots)
+llmq_worker_new (const llmq_config_t *cfg, llmq_keyring_t *const *rings,
+                 const char *endpoint, uint32_t slots)
 {
     llmq_worker_t *w = calloc (1, sizeof *w);
     if (!w) {
         return NULL;
     }
     w->cfg = cfg;
+    w->rings = rings;
     w->pipe[0] = w->pipe[1] = -1;
     w->endpoint = strdup (endpoint);
     w->heartbeat_ms = cfg->heartbeat_ms ? cfg->heartbeat_ms : 1000;
@@ -387,6 +389,7 @@ llmq_worker_run (llmq_worker_t *w)
         if (w->curl_due_us >= 0 && (uint64_t) w->curl_due_us <= llmq_mono_us ()) {
             llmq_calls_timeout (w);
         }
+        llmq_calls_flush_chunks (w);
         llmq_calls_collect (w);
         s_drain (w);
         llmq_worker_flush_done (w);

@@ -17,14 +17,19 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "keyring.h"
 
 typedef struct llmq_worker llmq_worker_t;
 
 /*  New worker for the deployments of `cfg` (borrowed: it must outlive the
-    worker). `endpoint` is the broker's backend (e.g. tcp://host:5556),
-    `slots` the number of concurrent calls (>= 1). Creates no socket yet.
-    Returns NULL on failure (out of memory, curl not usable), logged. */
-llmq_worker_t *llmq_worker_new (const llmq_config_t *cfg, const char *endpoint, uint32_t slots);
+    worker). `rings` holds the API keys of each deployment, in config order
+    (cfg->ndeployments entries, each may be NULL for "no key"); borrowed
+    too, and the worker moves their cursors (llmq_keyring_next). `endpoint`
+    is the broker's backend (e.g. tcp://host:5556), `slots` the number of
+    concurrent calls (>= 1). Creates no socket yet. Returns NULL on failure
+    (out of memory, curl not usable), logged. */
+llmq_worker_t *llmq_worker_new (const llmq_config_t *cfg, llmq_keyring_t *const *rings,
+                                const char *endpoint, uint32_t slots);
 
 /*  Abort every call, close the socket and free; sets *self_p to NULL.
     Safe on NULL or a NULL *self_p. */

@@ -33,6 +33,9 @@ struct llmq_call {
     uint64_t lease;             /* job lease of this attempt */
     const llmq_deployment_t *dep;    /* borrowed from the config */
     const llmq_provider_t *prov;     /* adapter of dep */
+    size_t  dep_index;          /* of dep in the config (and in w->rings, w->deps) */
+    size_t  key;                /* key of this attempt in dep's ring, or LLMQ_KEY_NONE */
+    uint64_t tried;             /* keys refused (401/403) during this call, bit per key */
     bool    stream;             /* streamed job: CHUNKs, SSE body */
     bool    status_known;       /* `status` read for the current response */
     bool    is_sse;             /* response Content-Type is text/event-stream */
@@ -41,6 +44,7 @@ struct llmq_call {
     uint64_t start_us;          /* monotonic start, for latency_us */
     llmq_text_t req;            /* request body (kept: curl reads it during the call) */
     llmq_text_t resp;           /* response body when not parsed as a stream */
+    llmq_text_t pending;        /* stream text not sent yet: one CHUNK per loop turn */
     llmq_sse_t *sse;            /* stream parser */
     llmq_reply_t reply;         /* what the adapter made of the answer */
     char    request_id[128];    /* x-request-id header, "" if none */
@@ -48,6 +52,14 @@ struct llmq_call {
     char    retry_after_ms[32]; /* retry-after-ms header, "" if none */
     char    errbuf[CURL_ERROR_SIZE];    /* curl's detailed error text */
 };
+
+/*  Per deployment: its endpoints, one per API key (one when it has no
+    key), each built at first use, so a call only picks one. */
+typedef struct {
+    llmq_endpoint_t *eps;       /* max(1, number of keys) entries */
+    bool   *ready;              /* eps[i] is built */
+    size_t  neps;
+} llmq_dep_eps_t;
 
 /*  A socket curl asked us to watch. */
 typedef struct {
@@ -85,8 +97,8 @@ struct llmq_worker {
     size_t  fds_cap;
     int64_t curl_due_us;        /* monotonic µs when curl's timer is due, -1 none */
     bool    curl_timer_set;     /* curl's timer callback ran (see llmq_calls_timeout) */
-    llmq_endpoint_t *eps;       /* per deployment (config order), built at first use */
-    bool   *ep_ready;
+    llmq_keyring_t *const *rings;   /* keys per deployment (config order), borrowed */
+    llmq_dep_eps_t *deps;       /* endpoints per deployment (config order) */
     llmq_reply_t scratch;       /* reply of local providers (echo) */
     llmq_text_t chunk;          /* NUL-terminated copy of a delta for CHUNK */
     uint64_t ndone;             /* counters for the exit line */
@@ -114,6 +126,8 @@ void llmq_calls_socket_ready (llmq_worker_t *w, int fd, short revents);
 void llmq_calls_timeout (llmq_worker_t *w);
 /*  Finish the transfers curl completed: DONE or FAILED for each. */
 void llmq_calls_collect (llmq_worker_t *w);
+/*  Send, as one CHUNK per call, the stream text that arrived this loop turn. */
+void llmq_calls_flush_chunks (llmq_worker_t *w);
 
 /*  Send the DONE results gathered this loop turn as one message. */
 void llmq_worker_flush_done (llmq_worker_t *w);

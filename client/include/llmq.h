@@ -152,6 +152,12 @@ typedef struct {
     uint64_t started_us;          /**< last dispatch, unix µs (0 if never) */
     uint64_t finished_us;         /**< unix µs (0 if not final) */
     uint64_t latency_us;          /**< provider call time */
+    /** Tool (function) calls the model asked for, as JSON text in OpenAI's
+        shape: `[{"id":"call_..","type":"function","function":{"name":"..",
+        "arguments":"<JSON text>"}}]`, whatever the provider; NULL when the
+        answer has none. finish_reason is then "tool_calls" and content is
+        often empty. Added after the fields above so their offsets hold. */
+    const char *tool_calls;
 } llmq_result;
 
 /** What llmq_next() returns. */

@@ -290,6 +290,92 @@ START_TEST (test_batch_submit_and_results_openai_format)
 }
 END_TEST
 
+/*  A job that ends in a tool call: `llmq batch results` writes it as
+    OpenAI does (message.tool_calls, null content, finish_reason
+    "tool_calls"), and `llmq status` shows the calls. The mock calls a tool
+    when the request has tools and the prompt says {{call:NAME}}. */
+START_TEST (test_batch_results_tool_calls)
+{
+    harness_t *h = s_up (true);
+    char path[400], outp[400];
+    snprintf (path, sizeof path, "%s/tools.jsonl", h->dir);
+    snprintf (outp, sizeof outp, "%s/tools-out.jsonl", h->dir);
+    FILE *f = fopen (path, "w");
+    ck_assert_ptr_nonnull (f);
+    fprintf (f, "{\"custom_id\": \"t1\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", "
+                "\"body\": {\"model\": \"gpt\", \"messages\": [{\"role\": \"user\", \"content\": "
+                "\"{{call:lookup}} queues\"}], \"tools\": [{\"type\": \"function\", \"function\": "
+                "{\"name\": \"lookup\", \"parameters\": {\"type\": \"object\", \"properties\": {}}}}]}}\n");
+    fprintf (f, "{\"custom_id\": \"t2\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", "
+                "\"body\": {\"model\": \"gpt\", \"messages\": [{\"role\": \"user\", \"content\": "
+                "\"just text\"}]}}\n");
+    ck_assert_int_eq (fclose (f), 0);
+    s_run_t r = s_run (h, (const char *[]) { "batch", "submit", path, "--batch-id", "tools", "--wait", NULL });
+    ck_assert_msg (r.status == 0, "batch submit exited %d: %s", r.status, r.err);
+    s_run_free (&r);
+    r = s_run (h, (const char *[]) { "batch", "results", "tools", "-o", outp, NULL });
+    ck_assert_int_eq (r.status, 0);
+    s_run_free (&r);
+    f = fopen (outp, "r");
+    ck_assert_ptr_nonnull (f);
+    char line[8192];
+    int lines = 0;
+    while (fgets (line, sizeof line, f) && lines < 10) {
+        json_t *o = json_loads (line, 0, NULL);
+        ck_assert_ptr_nonnull (o);
+        const char *cid = json_string_value (json_object_get (o, "custom_id"));
+        ck_assert_ptr_nonnull (cid);
+        json_t *choice = json_array_get (json_object_get (json_object_get (json_object_get (o, "response"),
+                                                                           "body"), "choices"), 0);
+        json_t *msg = json_object_get (choice, "message");
+        if (strcmp (cid, "t1") == 0) {
+            ck_assert_str_eq (json_string_value (json_object_get (choice, "finish_reason")), "tool_calls");
+            ck_assert (json_is_null (json_object_get (msg, "content")));
+            json_t *calls = json_object_get (msg, "tool_calls");
+            ck_assert_uint_eq (json_array_size (calls), 1);
+            json_t *call = json_array_get (calls, 0);
+            ck_assert_str_eq (json_string_value (json_object_get (call, "type")), "function");
+            ck_assert_ptr_nonnull (strstr (json_string_value (json_object_get (call, "id")), "call_mock_"));
+            json_t *fn = json_object_get (call, "function");
+            ck_assert_str_eq (json_string_value (json_object_get (fn, "name")), "lookup");
+            ck_assert_str_eq (json_string_value (json_object_get (fn, "arguments")), "{\"q\":\"queues\"}");
+        }
+        else {
+            ck_assert_str_eq (cid, "t2");
+            ck_assert_str_eq (json_string_value (json_object_get (choice, "finish_reason")), "stop");
+            ck_assert_str_eq (json_string_value (json_object_get (msg, "content")), "mock reply: just text");
+            ck_assert_ptr_null (json_object_get (msg, "tool_calls"));
+        }
+        json_decref (o);
+        lines++;
+    }
+    fclose (f);
+    ck_assert_int_eq (lines, 2);
+
+    /*  `llmq status` prints the calls of a job that has no text. */
+    llmq *c = h_client (h);
+    llmq_job j = { .model = "gpt", .priority = LLMQ_PRIO_NORMAL,
+                   .body = "{\"messages\":[{\"role\":\"user\",\"content\":\"{{call:lookup}} status\"}],"
+                           "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"lookup\"}}]}" };
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    llmq_result *res = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, 20000, &res), LLMQ_OK);
+    ck_assert_int_eq (res->state, LLMQ_STATE_DONE);
+    llmq_result_free (&res);
+    llmq_close (&c);
+    char ids[32];
+    snprintf (ids, sizeof ids, "%llu", (unsigned long long) id);
+    r = s_run (h, (const char *[]) { "status", ids, NULL });
+    ck_assert_int_eq (r.status, 0);
+    ck_assert_msg (strstr (r.out, "finish:       tool_calls"), "%s", r.out);
+    ck_assert_msg (strstr (r.out, "tool calls:\n[{\"id\":\"call_mock_"), "%s", r.out);
+    ck_assert_msg (strstr (r.out, "\"arguments\":\"{\\\"q\\\":\\\"status\\\"}\""), "%s", r.out);
+    s_run_free (&r);
+    h_destroy (&h);
+}
+END_TEST
+
 START_TEST (test_stats_json)
 {
     harness_t *h = s_up (false);
@@ -319,6 +405,7 @@ s_suite (void)
     tcase_add_test (tc, test_bad_input_is_refused_clearly);
     tcase_add_test (tc, test_batch_bad_lines_named_nothing_sent);
     tcase_add_test (tc, test_batch_submit_and_results_openai_format);
+    tcase_add_test (tc, test_batch_results_tool_calls);
     tcase_add_test (tc, test_stats_json);
     suite_add_tcase (s, tc);
     return s;

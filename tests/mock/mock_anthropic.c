@@ -20,6 +20,10 @@
       event of its own: input tokens come in message_start, output tokens
       in message_delta. There is no [DONE].
     * The request id is a response header, "request-id", not x-request-id.
+    * A tool answer (mock_chat.h: tools and {{call:NAME}}) is one tool_use
+      block, stop_reason "tool_use"; streamed, its content_block_start
+      carries the id, the name and an empty input, and the input's JSON
+      text follows in input_json_delta pieces.
 
     Not simulated: the x-api-key and anthropic-version headers are not
     checked (the dialect interface passes no request headers).
@@ -128,7 +132,13 @@ s_add_content (json_t *content, const char *path, bool is_user, mock_chat_t *cha
             len += json_string_length (text);
         }
     }
-    int rc = mock_chat_add_message (chat, is_user, joined, len);
+    //  Only text is a prompt to echo: a message of tool_result blocks is
+    //  the tool's answer (as a "tool" message is in the OpenAI dialect)
+    bool has_text = false;
+    json_array_foreach (content, i, block) {
+        has_text |= strcmp (json_string_value (json_object_get (block, "type")), "text") == 0;
+    }
+    int rc = mock_chat_add_message (chat, is_user && has_text, joined, len);
     free (joined);
     return rc;
 }
@@ -243,6 +253,21 @@ s_parse_body (json_t *root, mock_chat_t *chat, mock_error_t *err)
     if (mock_chat_set_model (chat, json_string_value (model)) != 0) {
         return -1;
     }
+    json_t *tools = json_object_get (root, "tools");
+    if (tools && !json_is_array (tools)) {
+        return s_refuse (err, "tools: Input should be a valid list");
+    }
+    size_t t;
+    json_t *tool;
+    json_array_foreach (tools, t, tool) {
+        if (!json_is_string (json_object_get (tool, "name"))) {
+            return s_refuse (err, "tools.%zu.name: Field required", t);
+        }
+        if (!json_is_object (json_object_get (tool, "input_schema"))) {
+            return s_refuse (err, "tools.%zu.input_schema: Field required", t);
+        }
+    }
+    chat->has_tools = json_array_size (tools) > 0;
     json_t *system = json_object_get (root, "system");
     if (system && s_add_content (system, "system", false, chat, err) != 0) {
         return -1;
@@ -297,7 +322,32 @@ s_dump (json_t *object)
 static const char *
 s_stop_reason (const mock_chat_t *chat)
 {
+    if (chat->tool_name) {
+        return "tool_use";
+    }
     return strcmp (chat->finish_reason, "length") == 0 ? "max_tokens" : "end_turn";
+}
+
+static void
+s_tool_id (const mock_chat_t *chat, char *id, size_t size)
+{
+    snprintf (id, size, "toolu_mock_%" PRIu64, chat->serial);
+}
+
+//  The answer's one content block: text, or (a tool answer) tool_use with
+//  the whole input, or with `empty` input as a stream starts it
+static json_t *
+s_block (const mock_chat_t *chat, bool empty)
+{
+    if (!chat->tool_name) {
+        return json_pack ("{s:s, s:s%}", "type", "text",
+                          "text", empty ? "" : chat->reply, empty ? (size_t) 0 : chat->reply_len);
+    }
+    char id [48];
+    s_tool_id (chat, id, sizeof (id));
+    json_t *input = empty ? json_object () : json_loadb (chat->reply, chat->reply_len, 0, NULL);
+    return json_pack ("{s:s, s:s, s:s, s:o}", "type", "tool_use", "id", id,
+                      "name", chat->tool_name, "input", input);
 }
 
 static void
@@ -312,13 +362,13 @@ s_reply (const mock_chat_t *chat)
     char id [48];
     s_message_id (chat, id, sizeof (id));
     return s_dump (json_pack (
-        "{s:s, s:s, s:s, s:s, s:[{s:s, s:s%}], s:s, s:n,"
+        "{s:s, s:s, s:s, s:s, s:[o], s:s, s:n,"
         " s:{s:I, s:i, s:i, s:I, s:s}}",
         "id", id,
         "type", "message",
         "role", "assistant",
         "model", chat->model,
-        "content", "type", "text", "text", chat->reply, chat->reply_len,
+        "content", s_block (chat, false),
         "stop_reason", s_stop_reason (chat),
         "stop_sequence",
         "usage",
@@ -373,16 +423,18 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
                             "cache_read_input_tokens", 0, "output_tokens", 1,
                             "service_tier", "standard"))
               || s_sse (out, "content_block_start", json_pack (
-                    "{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_start",
-                    "index", 0, "content_block", "type", "text", "text", ""))
+                    "{s:s, s:i, s:o}", "type", "content_block_start",
+                    "index", 0, "content_block", s_block (chat, true)))
               || s_sse (out, "ping", json_pack ("{s:s}", "type", "ping"));
             break;
         case MOCK_EVENT_DELTA: {
             const char *text;
             size_t len;
             mock_chat_piece (chat, piece, &text, &len);
-            rc = s_sse (out, "content_block_delta", json_pack (
-                    "{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta",
+            rc = s_sse (out, "content_block_delta", chat->tool_name
+                ? json_pack ("{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta",
+                    "index", 0, "delta", "type", "input_json_delta", "partial_json", text, len)
+                : json_pack ("{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta",
                     "index", 0, "delta", "type", "text_delta", "text", text, len));
             break;
         }

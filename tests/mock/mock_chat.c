@@ -2,8 +2,13 @@
 */
 #include "mock_chat.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define CALL_OPEN       "{{call:"
+#define CALL_CLOSE      "}}"
+#define CALL_NAME_MAX   64
 
 //  Only ASCII whitespace separates words: bytes >= 0x80 belong to UTF-8
 //  sequences, and isspace() of a locale could misread them
@@ -59,6 +64,7 @@ mock_chat_destroy (mock_chat_t **self_p)
     free (self->model);
     free (self->last_user);
     free (self->reply);
+    free (self->tool_name);
     free (self->cuts);
     free (self);
     *self_p = NULL;
@@ -136,8 +142,85 @@ s_cut_words (const char *text, size_t len, size_t max_words)
     return len;
 }
 
-int
-mock_chat_finish (mock_chat_t *self, int chunks)
+//  True for a byte allowed in a tool name
+static bool
+s_is_name (unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+        || (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+//  If the request has tools and the last user text holds {{call:NAME}},
+//  make the reply a call of NAME: tool_name set, reply its arguments.
+//  Returns 1 when it did, 0 when the reply is text, -1 if out of memory.
+static int
+s_tool_reply (mock_chat_t *self)
+{
+    if (!self->has_tools || !self->last_user) {
+        return 0;
+    }
+    const char *text = self->last_user;
+    size_t len = self->last_user_len;
+    const size_t open_len = strlen (CALL_OPEN);
+    for (size_t at = 0; at + open_len <= len; at++) {
+        if (memcmp (text + at, CALL_OPEN, open_len) != 0) {
+            continue;
+        }
+        size_t name = at + open_len, end = name;
+        while (end < len && end - name <= CALL_NAME_MAX && s_is_name ((unsigned char) text [end])) {
+            end++;
+        }
+        if (end == name || end - name > CALL_NAME_MAX || end + 2 > len
+        ||  memcmp (text + end, CALL_CLOSE, 2) != 0) {
+            continue;
+        }
+        //  q: the text around the marker, trimmed
+        size_t after = end + 2;
+        size_t q_len = at + (len - after);
+        char *q = malloc (q_len + 1);
+        char *tool = strndup (text + name, end - name);
+        if (!q || !tool) {
+            free (q);
+            free (tool);
+            return -1;
+        }
+        memcpy (q, text, at);
+        memcpy (q + at, text + after, len - after);
+        size_t start = 0;
+        while (start < q_len && s_is_space ((unsigned char) q [start])) {
+            start++;
+        }
+        while (q_len > start && s_is_space ((unsigned char) q [q_len - 1])) {
+            q_len--;
+        }
+        //  Text that is not UTF-8 cannot go into JSON: the arguments are
+        //  then {"q":""}
+        json_t *args = json_pack ("{s:s%}", "q", q + start, q_len - start);
+        if (!args) {
+            args = json_pack ("{s:s}", "q", "");
+        }
+        free (q);
+        char *dump = args ? json_dumps (args, JSON_COMPACT) : NULL;
+        json_decref (args);
+        if (!dump) {
+            free (tool);
+            return -1;
+        }
+        free (self->reply);
+        self->reply = dump;
+        self->reply_len = strlen (dump);
+        free (self->tool_name);
+        self->tool_name = tool;
+        self->completion_words = mock_chat_count_words (self->reply, self->reply_len);
+        self->finish_reason = "tool_calls";
+        return 1;
+    }
+    return 0;
+}
+
+//  The text answer: the echo of the last user message
+static int
+s_text_reply (mock_chat_t *self)
 {
     const char *echo = self->last_user ? self->last_user : "";
     size_t prefix_len = strlen (MOCK_REPLY_PREFIX);
@@ -162,10 +245,13 @@ mock_chat_finish (mock_chat_t *self, int chunks)
         self->completion_words = (size_t) self->max_tokens;
         self->finish_reason = "length";
     }
-    if (self->prompt_words == 0) {
-        self->prompt_words = 1;
-    }
+    return 0;
+}
 
+//  Piece boundaries of the reply for a stream of at most `chunks` pieces
+static int
+s_cut_pieces (mock_chat_t *self, int chunks)
+{
     //  Piece boundaries: even byte splits, each moved forward off any
     //  continuation byte; a boundary that lands on the previous one is
     //  dropped so no piece is empty
@@ -194,6 +280,22 @@ mock_chat_finish (mock_chat_t *self, int chunks)
     //  still streams as one empty piece
     self->pieces = count;
     return 0;
+}
+
+int
+mock_chat_finish (mock_chat_t *self, int chunks)
+{
+    int tool = s_tool_reply (self);
+    if (tool < 0) {
+        return -1;
+    }
+    if (tool == 0 && s_text_reply (self) != 0) {
+        return -1;
+    }
+    if (self->prompt_words == 0) {
+        self->prompt_words = 1;
+    }
+    return s_cut_pieces (self, chunks);
 }
 
 void

@@ -18,7 +18,16 @@
       reply; if max_tokens is set and smaller, the reply is cut after that
       many words and finish_reason is "length" instead of "stop";
     * a stream splits the reply into `chunks` pieces of about equal bytes,
-      never splitting a UTF-8 sequence and never sending an empty piece.
+      never splitting a UTF-8 sequence and never sending an empty piece;
+    * tool calls: when the request defines tools and the last user message
+      holds {{call:NAME}} (NAME of letters, digits, '_' and '-', at most 64),
+      the answer is one call of tool NAME instead of text. Its arguments
+      are {"q":"<that message's text without the marker, trimmed>"}
+      (compact JSON), finish_reason is "tool_calls", completion_tokens the
+      words in the arguments text, and max_tokens does not cut it. `reply`
+      then holds the arguments text, and the stream pieces cut it, so a
+      dialect streams the arguments as its provider does. (Not a [[mock:]]
+      directive: those are stripped before the reply rules see the text.)
 
     A mock_chat_t is used by one thread at a time; it owns all its strings.
 */
@@ -44,6 +53,7 @@ typedef struct {
     size_t prompt_words;        /* words across all messages so far */
     char *last_user;            /* text of the last user message seen */
     size_t last_user_len;       /* its bytes (it may hold NULs) */
+    bool has_tools;             /* the request defines at least one tool */
 
     //  Filled by the server
     uint64_t serial;            /* n in "chatcmpl-mock-<n>" and the request id */
@@ -53,7 +63,9 @@ typedef struct {
     char *reply;                /* the assistant's text, NUL-terminated */
     size_t reply_len;           /* bytes in reply */
     size_t completion_words;    /* words in reply */
-    const char *finish_reason;  /* "stop" or "length" (static string) */
+    const char *finish_reason;  /* "stop", "length" or "tool_calls" (static string) */
+    char *tool_name;            /* the tool the answer calls, or NULL for a text
+                                   answer; reply then holds its arguments */
     size_t *cuts;               /* piece i is reply[cuts[i] .. cuts[i+1]) */
     size_t pieces;              /* number of pieces; cuts has pieces + 1 entries */
 } mock_chat_t;

@@ -25,6 +25,11 @@
       OpenAI's field names is caught here rather than in production.
     * A prompt containing MOCK_GEMINI_SAFETY_MARKER is blocked: 200 with
       promptFeedback.blockReason "SAFETY", no candidates.
+    * A tool answer (mock_chat.h: tools and {{call:NAME}}) is one
+      functionCall part {name, args} with finishReason "STOP", as Gemini
+      ends a call; Gemini never splits a call, so a stream sends it whole
+      in its first chunk. A content of functionResponse parts only is the
+      tool's answer, not the user's prompt.
 */
 #include "mock_gemini.h"
 
@@ -184,7 +189,13 @@ s_parse_content (json_t *content, const char *name, bool is_user,
             len += json_string_length (text);
         }
     }
-    int rc = mock_chat_add_message (chat, is_user, joined, len);
+    //  Only a content with text is a prompt to echo: function responses
+    //  are the tool's answer
+    bool has_text = false;
+    json_array_foreach (parts, i, part) {
+        has_text |= json_is_string (json_object_get (part, "text"));
+    }
+    int rc = mock_chat_add_message (chat, is_user && has_text, joined, len);
     free (joined);
     return rc;
 }
@@ -249,6 +260,25 @@ s_parse_body (json_t *root, mock_chat_t *chat, mock_error_t *err)
         if (!s_known (key, s_request_fields)) {
             return s_refuse (err, "Invalid JSON payload received. Unknown name "
                              "\"%.64s\": Cannot find field.", key);
+        }
+    }
+    json_t *tools = json_object_get (root, "tools");
+    if (tools && !json_is_array (tools)) {
+        return s_refuse (err, "Invalid value at 'tools' (type.googleapis.com/google.ai."
+                         "generativelanguage.v1beta.Tool)");
+    }
+    size_t t;
+    json_t *tool;
+    json_array_foreach (tools, t, tool) {
+        json_t *decls = s_get (tool, "functionDeclarations", "function_declarations");
+        size_t d;
+        json_t *decl;
+        json_array_foreach (decls, d, decl) {
+            if (!json_is_string (json_object_get (decl, "name"))) {
+                return s_refuse (err, "* GenerateContentRequest.tools[%zu].function_declarations[%zu]"
+                                 ".name: Name cannot be empty.\n", t, d);
+            }
+            chat->has_tools = true;
         }
     }
     json_t *contents = json_object_get (root, "contents");
@@ -422,11 +452,28 @@ s_block (const mock_chat_t *chat)
     return response;
 }
 
+//  The candidates of a tool answer: one functionCall part
+static json_t *
+s_call_candidates (const mock_chat_t *chat, bool finish)
+{
+    json_t *args = json_loadb (chat->reply, chat->reply_len, 0, NULL);
+    json_t *candidate = json_pack ("{s:{s:[{s:{s:s, s:o}}], s:s}, s:i}",
+        "content", "parts", "functionCall", "name", chat->tool_name, "args", args,
+        "role", "model", "index", 0);
+    if (candidate && finish) {
+        json_object_set_new (candidate, "finishReason", json_string ("STOP"));
+    }
+    return candidate ? json_pack ("[o]", candidate) : NULL;
+}
+
 static char *
 s_reply (const mock_chat_t *chat)
 {
     if (s_blocked (chat)) {
         return s_dump (s_block (chat));
+    }
+    if (chat->tool_name) {
+        return s_dump (s_response (chat, s_call_candidates (chat, true), s_usage (chat, true)));
     }
     return s_dump (s_response (chat,
         s_candidates (chat->reply, chat->reply_len, chat->finish_reason),
@@ -465,8 +512,13 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
             *out = s_sse (s_block (chat));
             break;
         case MOCK_EVENT_DELTA: {
-            if (blocked) {
+            if (blocked || (chat->tool_name && piece > 0)) {
                 return 0;
+            }
+            if (chat->tool_name) {
+                *out = s_sse (s_response (chat, s_call_candidates (chat, false),
+                                          s_usage (chat, false)));
+                break;
             }
             const char *text;
             size_t len;

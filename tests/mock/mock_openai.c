@@ -260,6 +260,13 @@ s_parse_body (json_t *root, mock_chat_t *chat, mock_error_t *err)
     ||  s_parse_max_tokens (root, "max_completion_tokens", chat, err) != 0) {
         return -1;
     }
+    json_t *tools = json_object_get (root, "tools");
+    if (tools && !json_is_null (tools) && !json_is_array (tools)) {
+        return s_refuse (err, "tools", "invalid_type",
+            "Invalid type for 'tools': expected an array of objects, but got "
+            "%s instead.", s_type_name (tools));
+    }
+    chat->has_tools = json_array_size (tools) > 0;
     if (mock_chat_set_model (chat, json_string_value (model)) != 0) {
         return -1;
     }
@@ -319,11 +326,47 @@ s_dump (json_t *object)
     return text;
 }
 
+//  The one tool call of a tool answer, as the message carries it; with
+//  `stream`, as the first delta carries it (index, empty arguments)
+static json_t *
+s_tool_calls (const mock_chat_t *chat, bool stream)
+{
+    char id [48];
+    snprintf (id, sizeof (id), "call_mock_%" PRIu64, chat->serial);
+    json_t *call = json_pack ("{s:s, s:s, s:{s:s, s:s%}}",
+        "id", id, "type", "function",
+        "function", "name", chat->tool_name,
+            "arguments", stream ? "" : chat->reply, stream ? (size_t) 0 : chat->reply_len);
+    if (call && stream) {
+        json_object_set_new (call, "index", json_integer (0));
+    }
+    return call ? json_pack ("[o]", call) : NULL;
+}
+
 static char *
 s_reply (const mock_chat_t *chat)
 {
     char id [48];
     snprintf (id, sizeof (id), "chatcmpl-mock-%" PRIu64, chat->serial);
+    if (chat->tool_name) {
+        return s_dump (json_pack (
+            "{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:n, s:o, s:n, s:[]}, s:n, s:s}],"
+            " s:o, s:s, s:s}",
+            "id", id,
+            "object", "chat.completion",
+            "created", (json_int_t) chat->created,
+            "model", chat->model,
+            "choices",
+                "index", 0,
+                "message", "role", "assistant", "content",
+                    "tool_calls", s_tool_calls (chat, false),
+                    "refusal", "annotations",
+                "logprobs",
+                "finish_reason", chat->finish_reason,
+            "usage", s_usage (chat),
+            "service_tier", "default",
+            "system_fingerprint", FINGERPRINT));
+    }
     return s_dump (json_pack (
         "{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s%, s:n, s:[]}, s:n, s:s}],"
         " s:o, s:s, s:s}",
@@ -394,15 +437,22 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
     *out = NULL;
     switch (event) {
         case MOCK_EVENT_START:
-            *out = s_sse (s_chunk (chat, json_pack ("{s:s, s:s, s:n}",
-                "role", "assistant", "content", "", "refusal"), NULL));
+            //  A tool answer opens with the call's id and name, then
+            //  streams its arguments
+            *out = s_sse (s_chunk (chat, chat->tool_name
+                ? json_pack ("{s:s, s:n, s:o, s:n}", "role", "assistant", "content",
+                             "tool_calls", s_tool_calls (chat, true), "refusal")
+                : json_pack ("{s:s, s:s, s:n}", "role", "assistant", "content", "", "refusal"),
+                NULL));
             break;
         case MOCK_EVENT_DELTA: {
             const char *text;
             size_t len;
             mock_chat_piece (chat, piece, &text, &len);
-            *out = s_sse (s_chunk (chat,
-                json_pack ("{s:s%}", "content", text, len), NULL));
+            *out = s_sse (s_chunk (chat, chat->tool_name
+                ? json_pack ("{s:[{s:i, s:{s:s%}}]}", "tool_calls", "index", 0,
+                             "function", "arguments", text, len)
+                : json_pack ("{s:s%}", "content", text, len), NULL));
             break;
         }
         case MOCK_EVENT_FINISH:

@@ -75,6 +75,7 @@ typedef struct {
     bool too_big;               //  body passed MOCK_BODY_MAX: answer 413
     bool answered;              //  a response is queued
     int status;                 //  status queued, for --verbose; 0 = none
+    char *refused_key;          //  API key given to --reject-key, or NULL
     struct timespec start;      //  arrival, for openai-processing-ms
 } s_request_t;
 
@@ -321,6 +322,15 @@ s_answer (mock_server_t *server, struct MHD_Connection *conn,
         mock_error_t err = { .status = 413, .retry_after_s = -1 };
         return s_send_error (server, conn, request, &err, NULL, 0);
     }
+    if (request->route == ROUTE_CHAT && request->refused_key) {
+        //  Authentication comes before anything else, as at the real API.
+        //  The whole key is quoted back, worse than the real API (which
+        //  masks its middle), so that tests see the worker redact it.
+        mock_error_t err = { .status = 401, .retry_after_s = -1 };
+        snprintf (err.message, sizeof (err.message),
+                  "Incorrect API key provided: %.400s.", request->refused_key);
+        return s_send_error (server, conn, request, &err, NULL, 0);
+    }
     if (request->route == ROUTE_CHAT) {
         return s_chat (server, conn, request, url);
     }
@@ -404,6 +414,19 @@ s_request_new (mock_server_t *server, struct MHD_Connection *conn,
                                                         MHD_HTTP_HEADER_AUTHORIZATION);
         bool with_auth = auth && strncasecmp (auth, "Bearer ", 7) == 0;
         mock_stats_request (server->stats, with_auth, mock_stats_now_ms ());
+        //  The key, in whichever header the dialect's provider reads it
+        const char *key = with_auth ? auth + 7 : NULL;
+        static const char *key_headers [] = { "x-api-key", "api-key", "x-goog-api-key" };
+        for (size_t i = 0; !key && i < sizeof (key_headers) / sizeof (key_headers [0]); i++) {
+            key = MHD_lookup_connection_value (conn, MHD_HEADER_KIND, key_headers [i]);
+        }
+        if (mock_stats_key (server->stats, key)) {
+            request->refused_key = strdup (key);
+            if (!request->refused_key) {
+                free (request);
+                return NULL;
+            }
+        }
     }
     //  Refuse an announced oversized body before reading any of it
     const char *length = MHD_lookup_connection_value (conn, MHD_HEADER_KIND,
@@ -466,6 +489,7 @@ s_completed (void *cls, struct MHD_Connection *conn, void **req_cls,
                  completed ? "" : " (connection closed)");
     }
     free (request->body);
+    free (request->refused_key);
     free (request);
     *req_cls = NULL;
 }
@@ -483,6 +507,8 @@ typedef struct {
     int threads;                //  0 = thread per connection, else pool size
     bool quiet;                 //  no informational stderr output
     bool verbose;               //  one stderr line per request
+    const char *reject_keys [MOCK_STATS_KEYS];  //  --reject-key KEY, repeatable
+    int nreject_keys;
 } s_options_t;
 
 static void
@@ -502,6 +528,8 @@ s_usage (FILE *out)
         "                        then block the whole pool thread)\n"
         "  --quiet               no informational output on stderr\n"
         "  --verbose             log every request to stderr\n"
+        "  --reject-key KEY      answer 401 to chat requests carrying API key\n"
+        "                        KEY (repeatable, up to 32)\n"
         "  --help                show this and exit\n"
         "See tests/mock/README.md for endpoints and [[mock:...]] directives.\n");
 }
@@ -536,6 +564,7 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
         { "threads",        required_argument, NULL, 't' },
         { "quiet",          no_argument,       NULL, 'q' },
         { "verbose",        no_argument,       NULL, 'v' },
+        { "reject-key",     required_argument, NULL, 'k' },
         { "help",           no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -548,6 +577,15 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
             case 'f': options->port_file = optarg; break;
             case 'q': options->quiet = true; break;
             case 'v': options->verbose = true; break;
+            case 'k':
+                if (options->nreject_keys == MOCK_STATS_KEYS || !*optarg) {
+                    fprintf (stderr, "llmq-mock-provider: --reject-key: at most %d, "
+                             "none empty\n", MOCK_STATS_KEYS);
+                    rc = -1;
+                    break;
+                }
+                options->reject_keys [options->nreject_keys++] = optarg;
+                break;
             case 'p':
                 rc = s_option_int ("port", optarg, 0, 65535, &options->port);
                 break;
@@ -750,6 +788,12 @@ main (int argc, char *argv [])
     if (!server.stats || !server.faults) {
         fprintf (stderr, "llmq-mock-provider: out of memory\n");
         goto cleanup;
+    }
+    for (int i = 0; i < options.nreject_keys; i++) {
+        if (mock_stats_reject_key (server.stats, options.reject_keys [i]) != 0) {
+            fprintf (stderr, "llmq-mock-provider: out of memory\n");
+            goto cleanup;
+        }
     }
     daemon = s_daemon_start (&options, &server, s_access, s_completed);
     if (!daemon) {

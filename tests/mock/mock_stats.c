@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 //  Status codes we can count: fail=N accepts 100..599 only
@@ -21,6 +22,14 @@ struct mock_stats_t {
     atomic_llong max_in_flight;     //  high-water mark of in_flight
     atomic_llong with_auth;         //  requests with "Authorization: Bearer"
     atomic_llong by_status [STATUS_MAX - STATUS_MIN + 1];
+    pthread_mutex_t keys_mutex;     //  guards the key table
+    struct {
+        char last4 [5];             //  the key's last 4 characters
+        long long requests;         //  chat requests that carried it
+    } keys [MOCK_STATS_KEYS];
+    size_t nkeys;
+    char *rejected [MOCK_STATS_KEYS];   //  whole keys refused with 401
+    size_t nrejected;
     pthread_mutex_t ring_mutex;     //  guards the three ring fields
     int64_t *ring;                  //  MOCK_STATS_RING timestamps, circular
     size_t ring_next;               //  slot the next timestamp goes to
@@ -36,6 +45,12 @@ mock_stats_new (void)
     }
     self->ring = calloc (MOCK_STATS_RING, sizeof (int64_t));
     if (!self->ring || pthread_mutex_init (&self->ring_mutex, NULL) != 0) {
+        free (self->ring);
+        free (self);
+        return NULL;
+    }
+    if (pthread_mutex_init (&self->keys_mutex, NULL) != 0) {
+        pthread_mutex_destroy (&self->ring_mutex);
         free (self->ring);
         free (self);
         return NULL;
@@ -63,6 +78,10 @@ mock_stats_destroy (mock_stats_t **self_p)
     }
     mock_stats_t *self = *self_p;
     pthread_mutex_destroy (&self->ring_mutex);
+    pthread_mutex_destroy (&self->keys_mutex);
+    for (size_t i = 0; i < self->nrejected; i++) {
+        free (self->rejected [i]);
+    }
     free (self->ring);
     free (self);
     *self_p = NULL;
@@ -124,6 +143,51 @@ mock_stats_status (mock_stats_t *self, int status)
     }
 }
 
+int
+mock_stats_reject_key (mock_stats_t *self, const char *key)
+{
+    if (self->nrejected == MOCK_STATS_KEYS) {
+        return -1;
+    }
+    char *copy = strdup (key);
+    if (!copy) {
+        return -1;
+    }
+    self->rejected [self->nrejected++] = copy;
+    return 0;
+}
+
+bool
+mock_stats_key (mock_stats_t *self, const char *key)
+{
+    if (!key || !*key) {
+        return false;
+    }
+    size_t len = strlen (key);
+    const char *last4 = len > 4 ? key + len - 4 : key;
+    bool refuse = false;
+    pthread_mutex_lock (&self->keys_mutex);
+    //  The refused list is written before serving starts; read it here
+    //  under the same lock anyway, it costs nothing at these rates
+    for (size_t i = 0; i < self->nrejected && !refuse; i++) {
+        refuse = strcmp (self->rejected [i], key) == 0;
+    }
+    size_t i = 0;
+    while (i < self->nkeys && strcmp (self->keys [i].last4, last4) != 0) {
+        i++;
+    }
+    if (i == self->nkeys && i < MOCK_STATS_KEYS) {
+        snprintf (self->keys [i].last4, sizeof (self->keys [i].last4), "%s", last4);
+        self->keys [i].requests = 0;
+        self->nkeys++;
+    }
+    if (i < self->nkeys) {
+        self->keys [i].requests++;
+    }
+    pthread_mutex_unlock (&self->keys_mutex);
+    return refuse;
+}
+
 void
 mock_stats_stream (mock_stats_t *self)
 {
@@ -152,6 +216,9 @@ mock_stats_reset (mock_stats_t *self)
     self->ring_next = 0;
     self->ring_count = 0;
     pthread_mutex_unlock (&self->ring_mutex);
+    pthread_mutex_lock (&self->keys_mutex);
+    self->nkeys = 0;
+    pthread_mutex_unlock (&self->keys_mutex);
 }
 
 json_t *
@@ -166,7 +233,14 @@ mock_stats_json (mock_stats_t *self)
             json_object_set_new (by_status, key, json_integer (n));
         }
     }
-    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o}",
+    json_t *by_key = json_object ();
+    pthread_mutex_lock (&self->keys_mutex);
+    for (size_t i = 0; i < self->nkeys; i++) {
+        json_object_set_new (by_key, self->keys [i].last4,
+                             json_integer ((json_int_t) self->keys [i].requests));
+    }
+    pthread_mutex_unlock (&self->keys_mutex);
+    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
         "requests", (json_int_t) atomic_load (&self->requests),
         "completed", (json_int_t) atomic_load (&self->completed),
         "streams", (json_int_t) atomic_load (&self->streams),
@@ -174,7 +248,8 @@ mock_stats_json (mock_stats_t *self)
         "in_flight", (json_int_t) atomic_load (&self->in_flight),
         "max_in_flight", (json_int_t) atomic_load (&self->max_in_flight),
         "with_auth", (json_int_t) atomic_load (&self->with_auth),
-        "by_status", by_status);
+        "by_status", by_status,
+        "by_key", by_key);
 }
 
 json_t *

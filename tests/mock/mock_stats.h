@@ -38,6 +38,20 @@ void mock_stats_done (mock_stats_t *self, bool completed);
 /*  A chat response with this HTTP status was queued (100..599). */
 void mock_stats_status (mock_stats_t *self, int status);
 
+/*  Most distinct API keys counted in "by_key", and refused keys. */
+#define MOCK_STATS_KEYS     32
+
+/*  Refuse chat requests carrying API key `key` (with 401, see
+    mock_stats_key); for --reject-key. Call before serving. Returns 0, or
+    -1 when the table is full or out of memory. */
+int mock_stats_reject_key (mock_stats_t *self, const char *key);
+
+/*  A chat request carried API key `key` (the Bearer token, or the value
+    of x-api-key, api-key or x-goog-api-key): count it under the key's
+    last 4 characters in "by_key" (never the whole key: tests grep logs
+    for keys). Returns true if the key is to be refused. NULL: no key. */
+bool mock_stats_key (mock_stats_t *self, const char *key);
+
 /*  A chat request was answered with a stream. */
 void mock_stats_stream (mock_stats_t *self);
 
@@ -50,7 +64,8 @@ void mock_stats_reset (mock_stats_t *self);
 
 /*  The counters as a new JSON object (caller owns the reference):
     {"requests","completed","streams","faults_injected","in_flight",
-     "max_in_flight","with_auth","by_status":{"200":N,...}}. */
+     "max_in_flight","with_auth","by_status":{"200":N,...},
+     "by_key":{"LAST4":N,...}}. */
 json_t *mock_stats_json (mock_stats_t *self);
 
 /*  The ring, oldest first, as {"timestamps_ms":[...]}, keeping only the

@@ -204,7 +204,7 @@ START_TEST (test_request_bad_bodies)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]",                 /* truncated */
         "{\"messages\":[{\"role\":\"system\",\"content\":\"only a system prompt\"}]}",
         "{\"messages\":[{\"content\":\"no role\"}]}",
-        "{\"messages\":[{\"role\":\"tool\",\"tool_call_id\":\"x\",\"content\":\"42\"}]}",
+        "{\"messages\":[{\"role\":\"function\",\"name\":\"f\",\"content\":\"42\"}]}",
         "{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]}",
         "{\"messages\":[{\"role\":\"user\"}]}",
         "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
@@ -216,6 +216,17 @@ START_TEST (test_request_bad_bodies)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stop\":5}",
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stop\":[\"a\",1]}",
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"temperature\":\"hot\"}",
+        /*  Tools: what cannot be translated faithfully. */
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"functions\":[{\"name\":\"f\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":\"custom\","
+            "\"custom\":{\"name\":\"f\"}}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":{}}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":\"function\","
+            "\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"sometimes\"}",
+        "{\"messages\":[{\"role\":\"tool\",\"content\":\"42\"}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\","
+            "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"[1]\"}}]}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\",\"tool_calls\":[{\"id\":\"c\"}]}]}",
     };
     llmq_reply_t reply = { 0 };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -226,9 +237,90 @@ START_TEST (test_request_bad_bodies)
     }
     /*  The reason says what is wrong. */
     s_build (bad[9], false, &reply, -1);
-    ck_assert_ptr_nonnull (strstr (reply.error, "role 'tool'"));
+    ck_assert_ptr_nonnull (strstr (reply.error, "role 'function'"));
     s_build (bad[12], false, &reply, -1);
     ck_assert_ptr_nonnull (strstr (reply.error, "image_url"));
+    llmq_reply_free (&reply);
+}
+END_TEST
+
+/*  OpenAI tools, tool_choice, assistant tool calls and tool results in
+    Anthropic's shapes (the Messages API reference's tool use examples). */
+START_TEST (test_request_tools)
+{
+    const char *body =
+        "{\"messages\":["
+        "{\"role\":\"user\",\"content\":\"What is the weather in Paris and in Rome?\"},"
+        "{\"role\":\"assistant\",\"content\":\"Let me check.\",\"tool_calls\":["
+        "{\"id\":\"toolu_01\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"arguments\":\"{\\\"location\\\":\\\"Paris\\\"}\"}},"
+        "{\"id\":\"toolu_02\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"arguments\":\"\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"toolu_01\",\"content\":\"15 degrees\"},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"toolu_02\",\"content\":[{\"type\":\"text\",\"text\":\"18\"}]},"
+        "{\"role\":\"user\",\"content\":\"Thanks\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"description\":\"Get the current weather in a given location\","
+        "\"parameters\":{\"type\":\"object\",\"properties\":{\"location\":{\"type\":\"string\"}},"
+        "\"required\":[\"location\"]}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}],"
+        "\"tool_choice\":\"required\",\"parallel_tool_calls\":false,"
+        "\"response_format\":{\"type\":\"json_object\"}}";
+    llmq_reply_t reply = { 0 };
+    json_t *req = s_build (body, false, &reply, 0);
+    json_t *expect = json_loads (
+        "{\"tools\":[{\"name\":\"get_weather\",\"input_schema\":{\"type\":\"object\","
+        "\"properties\":{\"location\":{\"type\":\"string\"}},\"required\":[\"location\"]},"
+        "\"description\":\"Get the current weather in a given location\"},"
+        "{\"name\":\"get_time\",\"input_schema\":{\"type\":\"object\",\"properties\":{}}}],"
+        "\"tool_choice\":{\"type\":\"any\",\"disable_parallel_tool_use\":true},"
+        "\"messages\":["
+        "{\"role\":\"user\",\"content\":\"What is the weather in Paris and in Rome?\"},"
+        "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Let me check.\"},"
+        "{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"get_weather\",\"input\":{\"location\":\"Paris\"}},"
+        "{\"type\":\"tool_use\",\"id\":\"toolu_02\",\"name\":\"get_weather\",\"input\":{}}]},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_01\","
+        "\"content\":\"15 degrees\"},{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_02\","
+        "\"content\":[{\"type\":\"text\",\"text\":\"18\"}]}]},"
+        "{\"role\":\"user\",\"content\":\"Thanks\"}]}", 0, NULL);
+    ck_assert_ptr_nonnull (expect);
+    static const char *keys[] = { "tools", "tool_choice", "messages" };
+    for (size_t k = 0; k < 3; k++) {
+        char *got = json_dumps (json_object_get (req, keys[k]), JSON_COMPACT);
+        ck_assert_msg (json_equal (json_object_get (req, keys[k]), json_object_get (expect, keys[k])),
+                       "%s: %s", keys[k], got);
+        free (got);
+    }
+    /*  response_format has no Anthropic field: left out, as before. */
+    ck_assert_ptr_null (json_object_get (req, "response_format"));
+    json_decref (expect);
+    json_decref (req);
+
+    /*  Each tool_choice. */
+    static const char *choices[][2] = {
+        { "\"auto\"", "{\"type\":\"auto\"}" },
+        { "\"none\"", "{\"type\":\"none\"}" },
+        { "\"required\"", "{\"type\":\"any\"}" },
+        { "{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}",
+          "{\"type\":\"tool\",\"name\":\"get_time\"}" },
+    };
+    for (size_t i = 0; i < 4; i++) {
+        char job[512];
+        snprintf (job, sizeof job, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+                  "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}],"
+                  "\"tool_choice\":%s}", choices[i][0]);
+        req = s_build (job, i % 2 == 0, &reply, 0);
+        json_t *want = json_loads (choices[i][1], 0, NULL);
+        ck_assert_msg (json_equal (json_object_get (req, "tool_choice"), want), "%s", choices[i][0]);
+        json_decref (want);
+        json_decref (req);
+    }
+    /*  No tools: no tool_choice either. */
+    req = s_build ("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tool_choice\":\"auto\"}",
+                   false, &reply, 0);
+    ck_assert_ptr_null (json_object_get (req, "tools"));
+    ck_assert_ptr_null (json_object_get (req, "tool_choice"));
+    json_decref (req);
     llmq_reply_free (&reply);
 }
 END_TEST
@@ -249,7 +341,7 @@ START_TEST (test_endpoint_and_key)
     llmq_reply_t reply = { 0 };
     llmq_endpoint_t ep;
     setenv (S_KEY_ENV, S_KEY, 1);
-    ck_assert_int_eq (anthropic->endpoint (&s_dep, &ep, &reply), 0);
+    ck_assert_int_eq (anthropic->endpoint (&s_dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "http://127.0.0.1:9/v1/messages");
     ck_assert (s_has_header (&ep, "x-api-key: " S_KEY));
     ck_assert (s_has_header (&ep, "anthropic-version: 2023-06-01"));
@@ -265,33 +357,27 @@ START_TEST (test_endpoint_and_key)
     llmq_deployment_t dep = s_dep;
     dep.api_version = (char *) "2024-10-22";
     dep.base_url = NULL;
-    ck_assert_int_eq (anthropic->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (anthropic->endpoint (&dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "https://api.anthropic.com/v1/messages");
     ck_assert (s_has_header (&ep, "anthropic-version: 2024-10-22"));
     ck_assert (!s_has_header (&ep, "anthropic-version: 2023-06-01"));
     llmq_endpoint_free (&ep);
     /*  No header smuggled in through a value. */
     dep.api_version = (char *) "2023-06-01\r\nX-Evil: 1";
-    ck_assert_int_eq (anthropic->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (anthropic->endpoint (&dep, S_KEY, &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
     ck_assert_ptr_null (ep.url);
 
-    /*  The key's variable not set: AUTH, naming the variable, not a key. */
-    unsetenv (S_KEY_ENV);
-    ck_assert_int_eq (anthropic->endpoint (&s_dep, &ep, &reply), -1);
-    ck_assert_int_eq (reply.error_class, LLMQ_EC_AUTH);
-    ck_assert_ptr_nonnull (strstr (reply.error, S_KEY_ENV));
-    ck_assert_ptr_null (ep.url);
-    setenv (S_KEY_ENV, "sk-ant-bad\nkey", 1);
-    ck_assert_int_eq (anthropic->endpoint (&s_dep, &ep, &reply), -1);
+    /*  A key that cannot go in a header: AUTH, the key not quoted. */
+    ck_assert_int_eq (anthropic->endpoint (&s_dep, "sk-ant-bad\nkey", &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_AUTH);
     ck_assert_ptr_null (strstr (reply.error, "bad"));
-    unsetenv (S_KEY_ENV);
+    ck_assert_ptr_null (ep.url);
 
     /*  No api_key_env (a local proxy that adds the key): no x-api-key. */
     dep = s_dep;
     dep.api_key_env = NULL;
-    ck_assert_int_eq (anthropic->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (anthropic->endpoint (&dep, NULL, &ep, &reply), 0);
     for (struct curl_slist *h = ep.headers; h; h = h->next) {
         ck_assert_ptr_null (strstr (h->data, "x-api-key"));
     }
@@ -327,6 +413,11 @@ START_TEST (test_parse_message)
     ck_assert_str_eq (reply.finish_reason, "tool_calls");
     ck_assert_uint_eq (reply.prompt_tokens, 472 + 100 + 1000);
     ck_assert_uint_eq (reply.completion_tokens, 91);
+    /*  The tool_use block as an OpenAI tool call; its input as JSON text. */
+    ck_assert_str_eq (reply.tool_calls.p,
+                      "[{\"id\":\"toolu_01A09q90qw90lq917835lq9\",\"type\":\"function\",\"function\":"
+                      "{\"name\":\"get_weather\",\"arguments\":"
+                      "\"{\\\"location\\\":\\\"San Francisco, CA\\\",\\\"unit\\\":\\\"celsius\\\"}\"}}]");
     free (body);
 
     /*  Only a tool_use block: empty text, not NULL. */
@@ -336,6 +427,14 @@ START_TEST (test_parse_message)
     ck_assert_int_eq (anthropic->parse_response (tool, strlen (tool), &reply), 0);
     ck_assert_ptr_nonnull (reply.content.p);
     ck_assert_str_eq (reply.content.p, "");
+    ck_assert_str_eq (reply.tool_calls.p, "[{\"id\":\"t\",\"type\":\"function\",\"function\":"
+                                          "{\"name\":\"f\",\"arguments\":\"{}\"}}]");
+    /*  A tool_use block without a name is a bad answer. */
+    const char *noname = "{\"id\":\"msg_1\",\"type\":\"message\",\"content\":[{\"type\":"
+                         "\"tool_use\",\"id\":\"t\",\"input\":{}}],\"stop_reason\":\"tool_use\"}";
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (anthropic->parse_response (noname, strlen (noname), &reply), -1);
+    ck_assert_int_eq (reply.error_class, LLMQ_EC_BAD_RESPONSE);
     llmq_reply_free (&reply);
 }
 END_TEST
@@ -433,6 +532,37 @@ s_feed_split (const char *text, size_t len, size_t cut, s_stream_t *st)
     llmq_sse_destroy (&sse);
     return rc;
 }
+
+/*  A stream with text, then two tool_use blocks (one without input),
+    cut at every byte: the text streams, the calls come whole at the end. */
+START_TEST (test_parse_stream_tool_use)
+{
+    size_t len;
+    char *text = fixture_read ("anthropic_tool_stream.sse", &len);
+    const char *said = "Okay, let's check the weather for San Francisco, CA:";
+    const char *calls =
+        "[{\"id\":\"toolu_01T1x1fJ34qAmk2tNTrN7Up6\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_weather\",\"arguments\":"
+        "\"{\\\"location\\\": \\\"San Francisco, CA\\\", \\\"unit\\\": \\\"fahrenheit\\\"}\"}},"
+        "{\"id\":\"toolu_01Ab2cD3eF4gH5iJ6kL7mN8o\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_time\",\"arguments\":\"{}\"}}]";
+    for (size_t cut = 0; cut <= len; cut++) {
+        s_stream_t st;
+        ck_assert_int_eq (s_feed_split (text, len, cut, &st), 0);
+        ck_assert_msg (st.reply.tool_calls.p && strcmp (st.reply.tool_calls.p, calls) == 0,
+                       "cut at %zu: %s", cut, st.reply.tool_calls.p ? st.reply.tool_calls.p : "(null)");
+        ck_assert_str_eq (st.reply.content.p, said);
+        ck_assert_str_eq (st.deltas.text.p, said);
+        ck_assert_str_eq (st.reply.finish_reason, "tool_calls");
+        ck_assert (st.reply.finished);
+        ck_assert_uint_eq (st.reply.prompt_tokens, 472);
+        ck_assert_uint_eq (st.reply.completion_tokens, 89);
+        ck_assert_int_eq (st.reply.error_class, LLMQ_EC_NONE);
+        s_stream_free (&st);
+    }
+    free (text);
+}
+END_TEST
 
 START_TEST (test_parse_stream)
 {
@@ -626,6 +756,7 @@ s_suite (void)
     tcase_add_test (tc, test_request_translated);
     tcase_add_test (tc, test_request_max_tokens);
     tcase_add_test (tc, test_request_bad_bodies);
+    tcase_add_test (tc, test_request_tools);
     tcase_add_test (tc, test_endpoint_and_key);
     suite_add_tcase (s, tc);
 
@@ -635,6 +766,7 @@ s_suite (void)
     tcase_add_test (tc, test_stop_reasons);
     tcase_add_test (tc, test_parse_bad_responses);
     tcase_add_test (tc, test_parse_stream);
+    tcase_add_test (tc, test_parse_stream_tool_use);
     tcase_add_test (tc, test_parse_stream_error_event);
     suite_add_tcase (s, tc);
 

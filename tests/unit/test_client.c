@@ -986,7 +986,35 @@ START_TEST (test_output_line)
     json_t *obj = cli_result_json (&failed);
     ck_assert_ptr_nonnull (obj);
     ck_assert_str_eq (json_string_value (json_object_get (obj, "content")), "caf\xef\xbf\xbd");
+    ck_assert (json_is_null (json_object_get (obj, "tool_calls")));
     json_decref (obj);
+
+    /*  Tool calls: message.tool_calls as OpenAI writes it, a null content. */
+    llmq_result tools = { .id = 7, .state = LLMQ_STATE_DONE, .content = "", .custom_id = "r3",
+                          .finish_reason = "tool_calls",
+                          .tool_calls = "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
+                                        "{\"name\":\"lookup\",\"arguments\":\"{\\\"q\\\":\\\"x\\\"}\"}}]" };
+    line = cli_batch_output_line (&tools);
+    ck_assert_ptr_nonnull (line);
+    choice = json_array_get (json_object_get (json_object_get (json_object_get (line, "response"), "body"),
+                                              "choices"), 0);
+    json_t *message = json_object_get (choice, "message");
+    ck_assert (json_is_null (json_object_get (message, "content")));
+    ck_assert_str_eq (json_string_value (json_object_get (choice, "finish_reason")), "tool_calls");
+    json_t *call = json_array_get (json_object_get (message, "tool_calls"), 0);
+    ck_assert_str_eq (json_string_value (json_object_get (call, "id")), "call_1");
+    ck_assert_str_eq (json_string_value (json_object_get (json_object_get (call, "function"), "arguments")),
+                      "{\"q\":\"x\"}");
+    json_decref (line);
+    obj = cli_result_json (&tools);
+    ck_assert_uint_eq (json_array_size (json_object_get (obj, "tool_calls")), 1);
+    json_decref (obj);
+    /*  Text without tool calls has no tool_calls key. */
+    line = cli_batch_output_line (&done);
+    choice = json_array_get (json_object_get (json_object_get (json_object_get (line, "response"), "body"),
+                                              "choices"), 0);
+    ck_assert_ptr_null (json_object_get (json_object_get (choice, "message"), "tool_calls"));
+    json_decref (line);
 }
 END_TEST
 

@@ -102,6 +102,8 @@ s_full_result (uint64_t n)
         .model = "gpt-4o-mini",
         .batch_id = "batch-2026-01",
         .custom_id = "row-9",
+        .tool_calls = "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
+                      "{\"name\":\"météo\",\"arguments\":\"{\\\"q\\\":\\\"Zürich\\\"}\"}}]",
         .error_class = LLMQ_EC_SERVER,
         .priority = LLMQ_PRIO_LOW,
         .http_status = 503,
@@ -264,6 +266,7 @@ s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b)
     ck_assert_pstr_eq (a->model, b->model);
     ck_assert_pstr_eq (a->batch_id, b->batch_id);
     ck_assert_pstr_eq (a->custom_id, b->custom_id);
+    ck_assert_pstr_eq (a->tool_calls, b->tool_calls);
     ck_assert_uint_eq (a->error_class, b->error_class);
     ck_assert_uint_eq (a->priority, b->priority);
     ck_assert_uint_eq (a->http_status, b->http_status);

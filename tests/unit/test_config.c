@@ -378,7 +378,17 @@ static const s_bad_t s_bad[] = {
     { "[deployment a]\nprovider = echo\napi_key_env = 9LIVES\n", 3,
       { "[deployment a] api_key_env: expected the NAME of an environment variable" } },
     { "[deployment a]\nprovider = echo\napi_key = sk-secret\n", 3,
-      { "[deployment a] api_key: unknown key", "set api_key_env" } },
+      { "[deployment a] api_key: unknown key", "set api_key_env", "api_key_file" } },
+    { "[deployment a]\nprovider = echo\napi_key_env = KEY_A, ,KEY_B\n", 3,
+      { "[deployment a] api_key_env: expected environment variable names separated by commas" } },
+    { "[deployment a]\nprovider = echo\napi_key_env = KEY_A, KEY_A\n", 3,
+      { "[deployment a] api_key_env: entry 2 is listed twice" } },
+    { "[deployment a]\nprovider = echo\napi_key_file = a.key,\n", 3,
+      { "[deployment a] api_key_file: expected file paths separated by commas" } },
+    { "[deployment a]\nprovider = echo\napi_key_file = /k/a, /k/a\n", 3,
+      { "[deployment a] api_key_file: entry 2 is listed twice" } },
+    { "[deployment a]\nprovider = echo\napi_key_file = /k/a\napi_key_file = /k/b\n", 4,
+      { "[deployment a] api_key_file: set twice (first at line 3)" } },
     { "[deployment a]\nprovider = echo\ntimeout = 0s\n", 3,
       { "[deployment a] timeout: expected 1ms to 1d", "got '0s'" } },
     { "[group g]\ndeployments = a\n", 2,
@@ -421,6 +431,74 @@ START_TEST (test_secret_never_echoed)
     ck_assert_ptr_null (llmq_config_load (path, err, sizeof err));
     ck_assert_ptr_null (strstr (err, "sk-live"));
     ck_assert_ptr_nonnull (strstr (err, "value not shown"));
+}
+END_TEST
+
+START_TEST (test_several_keys)
+{
+    const char *path = s_write ("[deployment a]\nprovider = openai\nbase_url = http://h/v1\n"
+                                "api_key_env = KEY_ONE , KEY_TWO\n"
+                                "api_key_file = keys/three.key, /run/secrets/four\n"
+                                "[deployment b]\nprovider = echo\n");
+    char err[512];
+    llmq_config_t *config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    const llmq_deployment_t *a = llmq_config_deployment (config, "a");
+    ck_assert_uint_eq (a->napi_key_envs, 2);
+    ck_assert_str_eq (a->api_key_envs[0], "KEY_ONE");
+    ck_assert_str_eq (a->api_key_envs[1], "KEY_TWO");
+    ck_assert_str_eq (a->api_key_env, "KEY_ONE");       //  the first, for one-key code
+    ck_assert_uint_eq (a->napi_key_files, 2);
+    //  A relative path starts from the config file's directory.
+    char three[160];
+    snprintf (three, sizeof three, "%s/keys/three.key", s_dir);
+    ck_assert_str_eq (a->api_key_files[0], three);
+    ck_assert_str_eq (a->api_key_files[1], "/run/secrets/four");
+    ck_assert_int_eq (a->api_key_file_line, 5);
+    //  The files are not read at load: the broker never needs the secrets.
+    const llmq_deployment_t *b = llmq_config_deployment (config, "b");
+    ck_assert_uint_eq (b->napi_key_envs + b->napi_key_files, 0);
+    ck_assert_ptr_null (b->api_key_env);
+    llmq_config_destroy (&config);
+}
+END_TEST
+
+START_TEST (test_key_list_limits)
+{
+    //  A key pasted into the list is refused without being echoed.
+    const char *path = s_write ("[deployment a]\nprovider = openai\n"
+                                "api_key_env = KEY_ONE, sk-live-abcdef123456\n");
+    char err[512];
+    ck_assert_ptr_null (llmq_config_load (path, err, sizeof err));
+    ck_assert_ptr_null (strstr (err, "sk-live"));
+    ck_assert_ptr_nonnull (strstr (err, "value not shown"));
+    //  At most LLMQ_MAX_KEYS keys in a deployment, variables and files
+    //  together: 40 variables and 24 files load, 25 files are one too many.
+    for (int nfiles = 24; nfiles <= 25; nfiles++) {
+        char text[1024] = "[deployment a]\nprovider = echo\napi_key_env = ";
+        for (int i = 0; i < 40; i++) {
+            char name[4] = { (char) ('A' + (i < 26 ? i : i - 26)), i < 26 ? '\0' : 'X', '\0' };
+            snprintf (text + strlen (text), sizeof text - strlen (text), "%s%s", i ? "," : "", name);
+        }
+        strcat (text, "\napi_key_file = ");
+        for (int i = 0; i < nfiles; i++) {
+            snprintf (text + strlen (text), sizeof text - strlen (text), "%s/k%d", i ? "," : "", i);
+        }
+        strcat (text, "\n");
+        path = s_write (text);
+        llmq_config_t *config = llmq_config_load (path, err, sizeof err);
+        if (nfiles == 24) {
+            ck_assert_msg (config, "%s", err);
+            ck_assert_uint_eq (config->deployments[0].napi_key_envs, 40);
+            ck_assert_uint_eq (config->deployments[0].napi_key_files, 24);
+            llmq_config_destroy (&config);
+        }
+        else {
+            ck_assert_ptr_null (config);
+            ck_assert_msg (strstr (err, ":4: [deployment a] api_key_file: more than 64 keys"),
+                           "got '%s'", err);
+        }
+    }
 }
 END_TEST
 
@@ -571,6 +649,8 @@ s_config_suite (void)
     tcase_add_loop_test (errors, test_errors, 0, (int) (sizeof s_bad / sizeof s_bad[0]));
     tcase_add_test (errors, test_secret_never_echoed);
     tcase_add_test (errors, test_long_line);
+    tcase_add_test (errors, test_several_keys);
+    tcase_add_test (errors, test_key_list_limits);
     tcase_add_test (errors, test_short_error_buffer);
     suite_add_tcase (suite, errors);
 

@@ -76,7 +76,7 @@ START_TEST (test_endpoint_url_and_key)
 {
     llmq_endpoint_t ep;
     llmq_reply_t reply = { 0 };
-    ck_assert_int_eq (gemini->endpoint (&s_dep, &ep, &reply), 0);
+    ck_assert_int_eq (gemini->endpoint (&s_dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "http://127.0.0.1:9/v1beta/models/gemini-2.0-flash:generateContent");
     ck_assert_str_eq (ep.stream_url,
                       "http://127.0.0.1:9/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse");
@@ -94,14 +94,14 @@ START_TEST (test_endpoint_url_and_key)
     llmq_deployment_t dep = s_dep;
     dep.model = (char *) "models/gemini-1.5-pro-002";
     dep.base_url = (char *) "https://generativelanguage.googleapis.com/v1beta";
-    ck_assert_int_eq (gemini->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (gemini->endpoint (&dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "https://generativelanguage.googleapis.com/v1beta/models/"
                       "gemini-1.5-pro-002:generateContent");
     llmq_endpoint_free (&ep);
 
     /*  No api_key_env: no key header at all (a local gateway). */
     dep.api_key_env = NULL;
-    ck_assert_int_eq (gemini->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (gemini->endpoint (&dep, NULL, &ep, &reply), 0);
     for (const struct curl_slist *h = ep.headers; h; h = h->next) {
         ck_assert_ptr_null (strstr (h->data, "x-goog-api-key"));
     }
@@ -115,23 +115,21 @@ START_TEST (test_endpoint_refusals)
     llmq_endpoint_t ep;
     llmq_reply_t reply = { 0 };
     llmq_deployment_t dep = s_dep;
-    dep.api_key_env = (char *) "LLMQ_TEST_GEMINI_KEY_UNSET";
-    unsetenv (dep.api_key_env);
-    ck_assert_int_eq (gemini->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (gemini->endpoint (&dep, "AIza-bad\r\nX-Evil: 1", &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_AUTH);
-    ck_assert_ptr_nonnull (strstr (reply.error, "LLMQ_TEST_GEMINI_KEY_UNSET"));
+    ck_assert_ptr_null (strstr (reply.error, "bad"));
     ck_assert_ptr_null (ep.url);
 
     llmq_reply_reset (&reply);
     dep = s_dep;
     dep.model = (char *) "gemini/../../admin?x=";
-    ck_assert_int_eq (gemini->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (gemini->endpoint (&dep, S_KEY, &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
 
     llmq_reply_reset (&reply);
     dep = s_dep;
     dep.base_url = NULL;
-    ck_assert_int_eq (gemini->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (gemini->endpoint (&dep, S_KEY, &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
     llmq_reply_free (&reply);
 }
@@ -276,6 +274,15 @@ START_TEST (test_request_refusals)
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":0}",
         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"stop\":[1]}",
         "{\"messages\":[{\"content\":\"no role\"}]}",
+        /*  Tools: the call a tool message answers must be known (Gemini
+            wants its function name); legacy fields and types. */
+        "{\"messages\":[{\"role\":\"function\",\"name\":\"f\",\"content\":\"42\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"functions\":[{\"name\":\"f\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":\"function\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":\"function\","
+            "\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"maybe\"}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\","
+            "\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"nope\"}}]}]}",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         json_t *req = s_build (bad[i], &reply, -1);
@@ -287,7 +294,88 @@ START_TEST (test_request_refusals)
 }
 END_TEST
 
+/*  Tools, tool_choice, calls and their results in Gemini's shapes (the
+    function calling guide's request examples). */
+START_TEST (test_request_tools)
+{
+    const char *body =
+        "{\"messages\":["
+        "{\"role\":\"user\",\"content\":\"Schedule a meeting with Bob\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":["
+        "{\"id\":\"call_0\",\"type\":\"function\",\"function\":{\"name\":\"schedule_meeting\","
+        "\"arguments\":\"{\\\"attendees\\\":[\\\"Bob\\\"]}\"}},"
+        "{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_0\",\"content\":\"{\\\"ok\\\":true}\"},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"10:00\"},"
+        "{\"role\":\"user\",\"content\":\"Thanks\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"schedule_meeting\","
+        "\"description\":\"Schedules a meeting\",\"parameters\":{\"type\":\"object\","
+        "\"properties\":{\"attendees\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}}}}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}],"
+        "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_time\"}}}";
+    llmq_reply_t reply = { 0 };
+    json_t *req = s_build (body, &reply, 0);
+    json_t *expect = json_loads (
+        "{\"contents\":["
+        "{\"role\":\"user\",\"parts\":[{\"text\":\"Schedule a meeting with Bob\"}]},"
+        "{\"role\":\"model\",\"parts\":[{\"functionCall\":{\"name\":\"schedule_meeting\","
+        "\"args\":{\"attendees\":[\"Bob\"]}}},{\"functionCall\":{\"name\":\"get_time\",\"args\":{}}}]},"
+        "{\"role\":\"user\",\"parts\":[{\"functionResponse\":{\"name\":\"schedule_meeting\","
+        "\"response\":{\"ok\":true}}},{\"functionResponse\":{\"name\":\"get_time\","
+        "\"response\":{\"content\":\"10:00\"}}}]},"
+        "{\"role\":\"user\",\"parts\":[{\"text\":\"Thanks\"}]}],"
+        "\"tools\":[{\"functionDeclarations\":[{\"name\":\"schedule_meeting\","
+        "\"description\":\"Schedules a meeting\",\"parameters\":{\"type\":\"object\","
+        "\"properties\":{\"attendees\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}}}}},"
+        "{\"name\":\"get_time\"}]}],"
+        "\"toolConfig\":{\"functionCallingConfig\":{\"mode\":\"ANY\","
+        "\"allowedFunctionNames\":[\"get_time\"]}}}", 0, NULL);
+    ck_assert_ptr_nonnull (expect);
+    static const char *keys[] = { "contents", "tools", "toolConfig" };
+    for (size_t k = 0; k < 3; k++) {
+        char *got = json_dumps (json_object_get (req, keys[k]), JSON_COMPACT);
+        ck_assert_msg (json_equal (json_object_get (req, keys[k]), json_object_get (expect, keys[k])),
+                       "%s: %s", keys[k], got);
+        free (got);
+    }
+    json_decref (expect);
+    json_decref (req);
+    static const char *modes[][2] = { { "auto", "AUTO" }, { "none", "NONE" }, { "required", "ANY" } };
+    for (size_t i = 0; i < 3; i++) {
+        char job[300];
+        snprintf (job, sizeof job, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+                  "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],"
+                  "\"tool_choice\":\"%s\"}", modes[i][0]);
+        req = s_build (job, &reply, 0);
+        ck_assert_str_eq (json_string_value (json_object_get (json_object_get (json_object_get (req,
+                          "toolConfig"), "functionCallingConfig"), "mode")), modes[i][1]);
+        json_decref (req);
+    }
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 /* --- responses ------------------------------------------------------- */
+
+START_TEST (test_response_function_call)
+{
+    size_t len;
+    char *body = fixture_read ("gemini_function_call.json", &len);
+    llmq_reply_t reply = { 0 };
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (gemini->parse_response (body, len, &reply), 0);
+    ck_assert_str_eq (reply.content.p, "");
+    ck_assert_str_eq (reply.finish_reason, "tool_calls");
+    ck_assert_str_eq (reply.tool_calls.p,
+                      "[{\"id\":\"call_0\",\"type\":\"function\",\"function\":{\"name\":\"schedule_meeting\","
+                      "\"arguments\":\"{\\\"attendees\\\":[\\\"Bob\\\",\\\"Alice\\\"],\\\"date\\\":"
+                      "\\\"2025-03-27\\\",\\\"time\\\":\\\"10:00\\\",\\\"topic\\\":\\\"Q3 planning\\\"}\"}}]");
+    ck_assert_uint_eq (reply.prompt_tokens, 111);
+    ck_assert_uint_eq (reply.completion_tokens, 23);
+    free (body);
+    llmq_reply_free (&reply);
+}
+END_TEST
 
 START_TEST (test_response_parsed)
 {
@@ -466,6 +554,37 @@ START_TEST (test_stream_every_split)
 }
 END_TEST
 
+/*  Text, then two whole functionCall parts in later chunks, cut at every
+    byte: the text streams, the calls come with the finish. */
+START_TEST (test_stream_function_calls)
+{
+    size_t len;
+    char *text = fixture_read ("gemini_function_stream.sse", &len);
+    const char *said = "Scheduling it — café 🚀.";
+    const char *calls =
+        "[{\"id\":\"call_0\",\"type\":\"function\",\"function\":{\"name\":\"schedule_meeting\","
+        "\"arguments\":\"{\\\"attendees\\\":[\\\"Bob\\\",\\\"Alice\\\"],\\\"date\\\":"
+        "\\\"2025-03-27\\\",\\\"time\\\":\\\"10:00\\\",\\\"topic\\\":\\\"Q3 planning\\\"}\"}},"
+        "{\"id\":\"fc_7\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]";
+    llmq_reply_t reply = { 0 };
+    s_stream_t st = { 0 };
+    for (size_t cut = 0; cut < len; cut++) {
+        s_stream (text, len, cut, &reply, &st);
+        ck_assert_int_eq (reply.error_class, LLMQ_EC_NONE);
+        ck_assert_str_eq (reply.content.p, said);
+        ck_assert_int_eq (st.ndeltas, 1);
+        ck_assert_msg (reply.tool_calls.p && strcmp (reply.tool_calls.p, calls) == 0, "cut %zu: %s",
+                       cut, reply.tool_calls.p ? reply.tool_calls.p : "(null)");
+        ck_assert (reply.finished);
+        ck_assert_str_eq (reply.finish_reason, "tool_calls");
+        ck_assert_uint_eq (reply.completion_tokens, 31);
+    }
+    free (text);
+    llmq_text_free (&st.deltas);
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 START_TEST (test_stream_bad_events)
 {
     llmq_reply_t reply = { 0 };
@@ -560,14 +679,17 @@ main (void)
     tcase_add_test (tc, test_request_translated);
     tcase_add_test (tc, test_request_generation_config);
     tcase_add_test (tc, test_request_refusals);
+    tcase_add_test (tc, test_request_tools);
     suite_add_tcase (s, tc);
 
     tc = tcase_create ("response");
     tcase_add_checked_fixture (tc, s_setup, NULL);
     tcase_add_test (tc, test_response_parsed);
+    tcase_add_test (tc, test_response_function_call);
     tcase_add_test (tc, test_finish_reasons_mapped);
     tcase_add_test (tc, test_safety_block);
     tcase_add_test (tc, test_stream_every_split);
+    tcase_add_test (tc, test_stream_function_calls);
     tcase_add_test (tc, test_stream_bad_events);
     tcase_add_test (tc, test_errors_classified);
     suite_add_tcase (s, tc);

@@ -180,7 +180,7 @@ START_TEST (test_azure_endpoint)
     llmq_reply_t reply = { 0 };
     llmq_endpoint_t ep;
     setenv (S_KEY_ENV, S_KEY, 1);
-    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (azure->endpoint (&dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "https://res.openai.azure.com/openai/deployments/gpt4o/chat/completions"
                               "?api-version=2024-10-21");
     bool key = false;
@@ -191,11 +191,11 @@ START_TEST (test_azure_endpoint)
     ck_assert (key);
     llmq_endpoint_free (&ep);
     dep.api_version = (char *) "2025-01-01-preview";
-    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), 0);
+    ck_assert_int_eq (azure->endpoint (&dep, S_KEY, &ep, &reply), 0);
     ck_assert_ptr_nonnull (strstr (ep.url, "?api-version=2025-01-01-preview"));
     llmq_endpoint_free (&ep);
     dep.api_version = (char *) "1&x=y";
-    ck_assert_int_eq (azure->endpoint (&dep, &ep, &reply), -1);
+    ck_assert_int_eq (azure->endpoint (&dep, S_KEY, &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
     /*  The rest is the OpenAI adapter's. */
     llmq_job_t job = { .id = 1, .lease = 1, .model = "g",
@@ -213,7 +213,7 @@ START_TEST (test_endpoint_and_key)
     llmq_reply_t reply = { 0 };
     llmq_endpoint_t ep;
     setenv (S_KEY_ENV, S_KEY, 1);
-    ck_assert_int_eq (openai->endpoint (&s_dep, &ep, &reply), 0);
+    ck_assert_int_eq (openai->endpoint (&s_dep, S_KEY, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "http://127.0.0.1:9/v1/chat/completions");
     bool auth = false, ctype = false;
     for (struct curl_slist *h = ep.headers; h; h = h->next) {
@@ -224,25 +224,24 @@ START_TEST (test_endpoint_and_key)
     llmq_endpoint_free (&ep);
     ck_assert_ptr_null (ep.url);
 
-    /*  The key's variable not set: AUTH, naming the variable, not a key. */
-    unsetenv (S_KEY_ENV);
-    ck_assert_int_eq (openai->endpoint (&s_dep, &ep, &reply), -1);
+    /*  A key that cannot go in a header: AUTH, the key not quoted. */
+    ck_assert_int_eq (openai->endpoint (&s_dep, "sk-bad\nkey", &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_AUTH);
-    ck_assert_ptr_nonnull (strstr (reply.error, S_KEY_ENV));
+    ck_assert_ptr_null (strstr (reply.error, "bad"));
     ck_assert_ptr_null (ep.url);
 
     /*  No api_key_env (local servers): no Authorization header. */
     llmq_deployment_t local = s_dep;
     local.api_key_env = NULL;
     local.base_url = (char *) "http://127.0.0.1:8080/v1";
-    ck_assert_int_eq (openai->endpoint (&local, &ep, &reply), 0);
+    ck_assert_int_eq (openai->endpoint (&local, NULL, &ep, &reply), 0);
     ck_assert_str_eq (ep.url, "http://127.0.0.1:8080/v1/chat/completions");
     for (struct curl_slist *h = ep.headers; h; h = h->next) {
         ck_assert_ptr_null (strstr (h->data, "Authorization"));
     }
     llmq_endpoint_free (&ep);
     local.base_url = NULL;
-    ck_assert_int_eq (openai->endpoint (&local, &ep, &reply), -1);
+    ck_assert_int_eq (openai->endpoint (&local, NULL, &ep, &reply), -1);
     ck_assert_int_eq (reply.error_class, LLMQ_EC_INTERNAL);
     llmq_reply_free (&reply);
 }
@@ -273,6 +272,17 @@ START_TEST (test_parse_chat_completion)
     ck_assert_str_eq (reply.content.p, "");
     ck_assert_str_eq (reply.finish_reason, "tool_calls");
     ck_assert_uint_eq (reply.prompt_tokens, 82);
+    /*  The calls, in OpenAI's own shape; arguments stay the model's text. */
+    ck_assert_str_eq (reply.tool_calls.p,
+                      "[{\"id\":\"call_abc123\",\"type\":\"function\",\"function\":"
+                      "{\"name\":\"get_current_weather\",\"arguments\":"
+                      "\"{\\n\\\"location\\\": \\\"Boston, MA\\\"\\n}\"}}]");
+    free (body);
+    /*  Text only: no tool calls. */
+    body = fixture_read ("openai_chat_completion.json", &len);
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (openai->parse_response (body, len, &reply), 0);
+    ck_assert_uint_eq (reply.tool_calls.len, 0);
     free (body);
     llmq_reply_free (&reply);
 }
@@ -341,6 +351,128 @@ START_TEST (test_parse_stream_with_usage)
     llmq_text_free (&deltas.text);
     llmq_reply_free (&reply);
     free (text);
+}
+END_TEST
+
+/*  Tool calls streamed in pieces (two calls, by index), cut at every byte:
+    always the same calls, and no text for the client. */
+START_TEST (test_parse_stream_tool_calls)
+{
+    size_t len;
+    char *text = fixture_read ("openai_tool_stream.sse", &len);
+    const char *expected =
+        "[{\"id\":\"call_DdmO9pD3xa9XTPNJ32zg2hcA\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_weather\",\"arguments\":\"{\\\"location\\\":\\\"Paris, France\\\"}\"}},"
+        "{\"id\":\"call_5yZ0q2nGlTTYxB9TEj3hNn4M\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_time\",\"arguments\":"
+        "\"{\\\"tz\\\": \\\"Europe/Paris\\\", \\\"note\\\": \\\"caf\xc3\xa9\\\"}\"}}]";
+    llmq_reply_t reply = { 0 };
+    for (size_t cut = 0; cut <= len; cut++) {
+        s_deltas_t deltas = { { 0 }, 0 };
+        s_stream_t st = { &reply, &deltas };
+        llmq_reply_reset (&reply);
+        llmq_sse_t *sse = llmq_sse_new (s_on_event, &st);
+        ck_assert_ptr_nonnull (sse);
+        ck_assert_int_eq (llmq_sse_feed (sse, text, cut), 0);
+        ck_assert_int_eq (llmq_sse_feed (sse, text + cut, len - cut), 0);
+        ck_assert (llmq_sse_done (sse));
+        ck_assert_msg (reply.tool_calls.p && strcmp (reply.tool_calls.p, expected) == 0,
+                       "cut at %zu: %s", cut, reply.tool_calls.p ? reply.tool_calls.p : "(null)");
+        ck_assert_str_eq (reply.finish_reason, "tool_calls");
+        ck_assert_uint_eq (reply.content.len, 0);
+        ck_assert_int_eq (deltas.count, 0);
+        ck_assert_uint_eq (reply.prompt_tokens, 81);
+        ck_assert_uint_eq (reply.completion_tokens, 38);
+        ck_assert_int_eq (reply.error_class, LLMQ_EC_NONE);
+        llmq_sse_destroy (&sse);
+        llmq_text_free (&deltas.text);
+    }
+    /*  A piece that is not an object is a bad answer. */
+    llmq_reply_reset (&reply);
+    const char *bad = "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[7]}}]}";
+    ck_assert_int_eq (openai->parse_event (NULL, bad, strlen (bad), &reply, NULL, NULL), -1);
+    ck_assert_int_eq (reply.error_class, LLMQ_EC_BAD_RESPONSE);
+    llmq_reply_free (&reply);
+    free (text);
+}
+END_TEST
+
+/*  The shared tool-call helpers: calls keyed by index in order of
+    arrival, pieces joined, ids made up when missing, "{}" for no
+    arguments, and refusals for a call without a name or not UTF-8. */
+START_TEST (test_reply_tool_calls)
+{
+    llmq_reply_t reply = { 0 };
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (llmq_reply_tools_end (&reply), 0);
+    ck_assert_uint_eq (reply.tool_calls.len, 0);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 5, NULL, "b", "{\"x\"", 4), 0);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 2, "id_a", "a", NULL, 0), 0);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 5, "late", "ignored", ":1}", 3), 0);
+    ck_assert_int_eq (llmq_reply_tools_end (&reply), 0);
+    ck_assert_str_eq (reply.tool_calls.p,
+                      "[{\"id\":\"late\",\"type\":\"function\",\"function\":{\"name\":\"b\","
+                      "\"arguments\":\"{\\\"x\\\":1}\"}},"
+                      "{\"id\":\"id_a\",\"type\":\"function\",\"function\":{\"name\":\"a\","
+                      "\"arguments\":\"{}\"}}]");
+    /*  Reset empties everything; a call without an id gets call_<n>. */
+    llmq_reply_reset (&reply);
+    ck_assert_uint_eq (reply.tool_calls.len, 0);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 0, NULL, "f", "{}", 2), 0);
+    ck_assert_int_eq (llmq_reply_tools_end (&reply), 0);
+    ck_assert_ptr_nonnull (strstr (reply.tool_calls.p, "\"id\":\"call_0\""));
+    /*  No name; arguments that are not UTF-8. */
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 0, "x", NULL, "{}", 2), 0);
+    ck_assert_int_eq (llmq_reply_tools_end (&reply), -1);
+    ck_assert_int_eq (reply.error_class, LLMQ_EC_BAD_RESPONSE);
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (llmq_reply_tool (&reply, 0, "x", "f", "\xff", 1), 0);
+    ck_assert_int_eq (llmq_reply_tools_end (&reply), -1);
+    ck_assert_int_eq (reply.error_class, LLMQ_EC_BAD_RESPONSE);
+    llmq_reply_free (&reply);
+    ck_assert_ptr_null (reply.tools);
+}
+END_TEST
+
+/*  tools, tool_choice, response_format and tool messages reach the
+    provider unchanged, on the fast path (no "model" in the body) and on
+    the full one. */
+START_TEST (test_request_tools_pass_through)
+{
+    static const char *bodies[] = {
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+        "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"sunny\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"parameters\":{\"type\":\"object\",\"properties\":{}}}}],"
+        "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+        "\"response_format\":{\"type\":\"json_object\"}}",
+        "{\"model\":\"x\",\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+        "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{}\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"sunny\"}],"
+        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+        "\"parameters\":{\"type\":\"object\",\"properties\":{}}}}],"
+        "\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},"
+        "\"response_format\":{\"type\":\"json_object\"}}",
+    };
+    llmq_reply_t reply = { 0 };
+    for (size_t i = 0; i < 2; i++) {
+        json_t *in = json_loads (bodies[i], 0, NULL);
+        ck_assert_ptr_nonnull (in);
+        json_t *req = s_build (bodies[i], i == 1, &reply, 0);
+        ck_assert_str_eq (json_string_value (json_object_get (req, "model")), s_dep.model);
+        static const char *keys[] = { "tools", "tool_choice", "response_format", "messages" };
+        for (size_t k = 0; k < 4; k++) {
+            ck_assert_msg (json_equal (json_object_get (in, keys[k]), json_object_get (req, keys[k])),
+                           "body %zu: %s changed", i, keys[k]);
+        }
+        json_decref (req);
+        json_decref (in);
+    }
+    llmq_reply_free (&reply);
 }
 END_TEST
 
@@ -611,6 +743,7 @@ s_suite (void)
     tcase_add_test (tc, test_request_not_streamed);
     tcase_add_test (tc, test_request_text);
     tcase_add_test (tc, test_request_bad_bodies);
+    tcase_add_test (tc, test_request_tools_pass_through);
     tcase_add_test (tc, test_endpoint_and_key);
     tcase_add_test (tc, test_azure_endpoint);
     suite_add_tcase (s, tc);
@@ -620,6 +753,8 @@ s_suite (void)
     tcase_add_test (tc, test_parse_chat_completion);
     tcase_add_test (tc, test_parse_bad_responses);
     tcase_add_test (tc, test_parse_stream_with_usage);
+    tcase_add_test (tc, test_parse_stream_tool_calls);
+    tcase_add_test (tc, test_reply_tool_calls);
     tcase_add_test (tc, test_parse_stream_errors);
     suite_add_tcase (s, tc);
 
