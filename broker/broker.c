@@ -36,6 +36,9 @@ typedef struct {
 typedef struct {
     s_worker_t *worker;             /* NULL if its worker is gone */
     uint64_t lease;
+    uint32_t chunks;                /* chunks of this attempt forwarded to a client */
+    bool restart;                   /* a broken stream may start over (RESET):
+                                       the job asked, and has attempts left */
 } s_lease_t;
 
 typedef struct {
@@ -69,7 +72,7 @@ struct llmq_broker {
     bool full;                      /* store refuses submits */
     /* Totals since start, for stats. */
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
-             n_dead, n_lost_workers, n_commits, n_bad_messages;
+             n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
 };
@@ -166,7 +169,7 @@ s_send (llmq_broker_t *self, zsock_t *sock, zframe_t *to, const llmq_msg_t *m)
         disk is at worst run again after a crash, and chunks are not stored
         anyway. Sending them first lets the workers run while we sync.
         Replies and results to clients wait: they promise durability. */
-    bool early = sock == self->backend || m->cmd == LLMQ_CMD_CHUNK;
+    bool early = sock == self->backend || m->cmd == LLMQ_CMD_CHUNK || m->cmd == LLMQ_CMD_RESET;
     self->out[self->nout++] = (s_out_t) { sock, msg, early };
 }
 
@@ -567,6 +570,7 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "done", json_integer ((json_int_t) self->n_done));
     json_object_set_new (t, "failed", json_integer ((json_int_t) self->n_failed));
     json_object_set_new (t, "retried", json_integer ((json_int_t) self->n_retried));
+    json_object_set_new (t, "restarted", json_integer ((json_int_t) self->n_restarted));
     json_object_set_new (t, "cancelled", json_integer ((json_int_t) self->n_cancelled));
     json_object_set_new (t, "expired", json_integer ((json_int_t) self->n_expired));
     json_object_set_new (t, "dead", json_integer ((json_int_t) self->n_dead));
@@ -649,8 +653,29 @@ s_on_client (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
    Workers
    ------------------------------------------------------------------------ */
 
+/*  A streamed attempt whose chunks reached a client is starting over:
+    tell the client to forget them (RESET). Sent ahead of the commit, like
+    the chunks, so that it comes after the old attempt's chunks and before
+    the new one's. */
+static void
+s_send_reset (llmq_broker_t *self, uint64_t id, const s_lease_t *l, const char *reason)
+{
+    s_sub_t *sub = (s_sub_t *) zhashx_lookup (self->subs, U64_KEY (id));
+    if (l->chunks > 0 && sub && sub->stream) {
+        llmq_msg_t m = { 0 };
+        m.cmd = LLMQ_CMD_RESET;
+        m.id = id;
+        m.reason = reason;
+        s_send (self, self->frontend, sub->client, &m);
+    }
+    self->n_restarted++;
+}
+
 /*  Give back every lease a worker holds. Lost workers count an attempt;
-    a worker that said BYE does not. */
+    a worker that said BYE does not. An attempt whose chunks reached a
+    client cannot simply run again (the client would get the text twice):
+    it starts over with a RESET if the job allows it, else it ends failed
+    with class stream_broken. */
 static void
 s_worker_remove (llmq_broker_t *self, s_worker_t *w, bool lost, uint64_t now)
 {
@@ -667,7 +692,23 @@ s_worker_remove (llmq_broker_t *self, s_worker_t *w, bool lost, uint64_t now)
         llmq_result_t failure = { 0 }, final;
         failure.error_class = LLMQ_EC_CONNECTION;
         failure.error = lost ? "worker stopped answering" : "worker left";
+        if (l->chunks > 0 && !l->restart) {
+            failure.error_class = LLMQ_EC_STREAM_BROKEN;
+            failure.error = lost ? "worker stopped answering after chunks reached the client"
+                                 : "worker left after chunks reached the client";
+            failure.state = LLMQ_STATE_FAILED;
+            failure.id = id;
+            if (llmq_store_complete (self->store, id, l->lease, &failure, now, &final, self->arena) == 0) {
+                s_push_result (self, &final);
+            }
+            zhashx_delete (self->leases, key);
+            n++;
+            continue;
+        }
         int rc = llmq_store_requeue (self->store, id, l->lease, lost, 0, &failure, now, &final, self->arena);
+        if (rc == 0 && l->chunks > 0) {
+            s_send_reset (self, id, l, failure.error);
+        }
         if (rc == LLMQ_ERR_STORE_FULL) {
             /* No room for a dead letter now: back to the queue uncounted,
                rather than leaving it leased to a worker that is gone. */
@@ -732,11 +773,18 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         rc = llmq_store_complete (self->store, m->id, m->lease, res, now, &final, self->arena);
         ended = rc == 0;
     }
-    else if (res->error_class == LLMQ_EC_CANCELLED) {
+    else if (res->error_class == LLMQ_EC_CANCELLED && (l->chunks == 0 || l->restart)) {
         /* The worker aborted on its own (shutting down): run it elsewhere. */
         rc = llmq_store_requeue (self->store, m->id, m->lease, false, 0, res, now, &final, self->arena);
+        if (rc == 0 && l->chunks > 0) {
+            s_send_reset (self, m->id, l, "the worker stopped mid-stream");
+        }
     }
-    else if (llmq_error_class_retryable (res->error_class)) {
+    else if (llmq_error_class_retryable (res->error_class)
+             || (res->error_class == LLMQ_EC_STREAM_BROKEN && (l->chunks == 0 || l->restart))) {
+        /*  A stream that broke is retryable while none of its chunks
+            reached a client (none was subscribed), or, if the job allows,
+            starts over with a RESET. */
         llmq_result_t st;
         uint32_t attempt = 1;
         if (llmq_store_status (self->store, m->id, &st, self->arena) == 0) {
@@ -746,10 +794,17 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         rc = llmq_store_requeue (self->store, m->id, m->lease, true, nb, res, now, &final, self->arena);
         if (rc == 0) {
             self->n_retried++;
+            if (l->chunks > 0) {
+                s_send_reset (self, m->id, l, res->error);
+            }
         }
         ended = rc == LLMQ_ERR_JOB_FAILED;
     }
     else {
+        if (res->error_class == LLMQ_EC_CANCELLED) {
+            /* stopped by its worker after chunks reached the client */
+            res->error_class = LLMQ_EC_STREAM_BROKEN;
+        }
         res->state = LLMQ_STATE_FAILED;
         rc = llmq_store_complete (self->store, m->id, m->lease, res, now, &final, self->arena);
         ended = rc == 0;
@@ -790,6 +845,7 @@ s_worker_chunk (llmq_broker_t *self, llmq_msg_t *m)
     }
     s_sub_t *sub = (s_sub_t *) zhashx_lookup (self->subs, U64_KEY (m->id));
     if (sub && sub->stream) {
+        l->chunks++;
         llmq_msg_t c = { 0 };
         c.cmd = LLMQ_CMD_CHUNK;
         c.id = m->id;
@@ -989,6 +1045,8 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         s_lease_t *l = (s_lease_t *) calloc (1, sizeof *l);
         l->worker = w;
         l->lease = job.lease;
+        uint32_t max = job.max_attempts ? job.max_attempts : self->config->max_attempts;
+        l->restart = job.stream && job.restart && job.attempts + 1 < max;
         zhashx_update (self->leases, U64_KEY (job.id), l);
         w->credit--;
         w->running++;

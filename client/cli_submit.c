@@ -18,6 +18,9 @@ static const char s_submit_usage[] =
     "  -m, --model M             model group (default: $LLMQ_MODEL)\n"
     "  -p, --priority P          urgent, high, normal or low (default urgent)\n"
     "  -s, --stream              stream the answer to stdout as it is generated\n"
+    "      --restartable         --stream, and if the stream breaks midway, run the\n"
+    "                            job again instead of failing it (the whole answer\n"
+    "                            is then printed at the end)\n"
     "  -w, --wait                wait for the job and print its answer\n"
     "  -k, --idempotency-key K   submitting K again returns the same job\n"
     "      --user U              tenant user\n"
@@ -168,6 +171,11 @@ static int
 s_on_chunk (void *arg, uint64_t id, unsigned seq, const char *text)
 {
     stream_out_t *out = arg;
+    if (!text) {
+        out->broken = 1;        /* RESET: the answer starts over */
+        out->next_seq = 0;
+        return 0;
+    }
     if (seq != out->next_seq) {
         out->broken = 1;
     }
@@ -188,7 +196,7 @@ s_on_chunk (void *arg, uint64_t id, unsigned seq, const char *text)
 int
 cmd_submit (cli_t *cli, int argc, char **argv)
 {
-    enum { OPT_USER = 0x2001, OPT_ORG, OPT_MAX_TOKENS, OPT_MAX_ATTEMPTS, OPT_MESSAGES };
+    enum { OPT_USER = 0x2001, OPT_ORG, OPT_MAX_TOKENS, OPT_MAX_ATTEMPTS, OPT_MESSAGES, OPT_RESTARTABLE };
     static const struct option options[] = {
         CLI_GLOBAL_OPTIONS,
         { "model",           required_argument, NULL, 'm' },
@@ -202,6 +210,7 @@ cmd_submit (cli_t *cli, int argc, char **argv)
         { "max-tokens",      required_argument, NULL, OPT_MAX_TOKENS },
         { "max-attempts",    required_argument, NULL, OPT_MAX_ATTEMPTS },
         { "messages",        required_argument, NULL, OPT_MESSAGES },
+        { "restartable",     no_argument,       NULL, OPT_RESTARTABLE },
         { NULL, 0, NULL, 0 }
     };
     llmq_job job = { 0 };
@@ -226,7 +235,12 @@ cmd_submit (cli_t *cli, int argc, char **argv)
                 }
                 break;
             case 's':
-                job.stream = 1;
+                if (!job.stream) {
+                    job.stream = 1;
+                }
+                break;
+            case OPT_RESTARTABLE:
+                job.stream = LLMQ_STREAM_RESTART;
                 break;
             case 'w':
                 wait = 1;

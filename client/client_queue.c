@@ -142,6 +142,19 @@ client_event_chunk (uint64_t id, unsigned seq, const char *text)
 }
 
 llmq_event *
+client_event_reset (uint64_t id, const char *reason)
+{
+    llmq_event *ev = s_event_alloc (LLMQ_EV_RESET, s_len (reason));
+    if (!ev) {
+        return NULL;
+    }
+    char *cursor = (char *) (ev + 1);
+    ev->id = id;
+    ev->reason = s_pack (&cursor, reason);
+    return ev;
+}
+
+llmq_event *
 client_event_result (llmq_result *result)
 {
     llmq_event *ev = s_event_alloc (LLMQ_EV_RESULT, 0);
@@ -264,7 +277,8 @@ client_queue_take (client_queue_t *q, uint64_t id, int want_chunks)
         if (ev->id != id) {
             continue;
         }
-        if (ev->type == LLMQ_EV_RESULT || (want_chunks && ev->type == LLMQ_EV_CHUNK)) {
+        if (ev->type == LLMQ_EV_RESULT
+            || (want_chunks && (ev->type == LLMQ_EV_CHUNK || ev->type == LLMQ_EV_RESET))) {
             return s_remove (q, node);
         }
     }
@@ -277,7 +291,7 @@ client_queue_drop_chunks (client_queue_t *q, uint64_t id)
     queue_node_t *node = q->head;
     while (node) {
         queue_node_t *next = node->next;
-        if (node->ev->type == LLMQ_EV_CHUNK && node->ev->id == id) {
+        if ((node->ev->type == LLMQ_EV_CHUNK || node->ev->type == LLMQ_EV_RESET) && node->ev->id == id) {
             llmq_event *ev = s_remove (q, node);
             llmq_event_free (&ev);
         }

@@ -437,6 +437,12 @@ s_stash (llmq *h, const llmq_msg_t *m)
             }
             ev = client_event_chunk (m->id, m->seq, m->text);
             break;
+        case LLMQ_CMD_RESET:
+            if (s_muted (h, m->id)) {
+                return;
+            }
+            ev = client_event_reset (m->id, m->reason ? m->reason : "");
+            break;
         case LLMQ_CMD_RESULT: {
             /* A RESULT with a corr answers a STATUS that timed out. */
             if (m->corr != 0 || m->nresults < 1 || !s_is_final (m->results[0].state)
@@ -669,6 +675,7 @@ s_job_from (llmq *h, const llmq_job *in, size_t index, llmq_job_t *out)
     out->meta = in->meta;
     out->priority = (uint8_t) in->priority;
     out->stream = in->stream != 0;
+    out->restart = in->stream == LLMQ_STREAM_RESTART;
     out->max_attempts = in->max_attempts;
     if (in->deadline_ms > 0) {
         out->deadline_us = llmq_now_us () + (uint64_t) in->deadline_ms * 1000u;
@@ -857,6 +864,47 @@ llmq_wait (llmq *h, uint64_t id, int timeout_ms, llmq_result **result)
     }
 }
 
+/*  llmq_stream()'s view of its job's chunks. A RESET from the broker is
+    passed on as text NULL. A chunk with seq 0 after others without a RESET
+    is a new attempt the broker could not announce (it restarted): a job
+    that allows restarts gets a RESET made up here, one that does not gets
+    no more chunks (its result has the whole answer). Never text twice. */
+typedef struct {
+    llmq_chunk_fn *fn;
+    void *arg;
+    uint64_t id;
+    bool restart;               /* the job allows restarts */
+    bool received;              /* chunks of this attempt were handed out */
+    bool muted;                 /* an unannounced new attempt: no more chunks */
+} s_streamed_t;
+
+/*  Returns 1 while the caller wants more. */
+static int
+s_streamed_reset (s_streamed_t *st)
+{
+    st->received = false;
+    return st->fn (st->arg, st->id, 0, NULL) == 0;
+}
+
+static int
+s_streamed_chunk (s_streamed_t *st, unsigned seq, const char *text)
+{
+    if (seq == 0 && st->received) {
+        if (!st->restart) {
+            st->muted = true;
+        }
+        else
+        if (!s_streamed_reset (st)) {
+            return 0;
+        }
+    }
+    if (st->muted) {
+        return 1;
+    }
+    st->received = true;
+    return st->fn (st->arg, st->id, seq, text) == 0;
+}
+
 int
 llmq_stream (llmq *h, const llmq_job *job, llmq_chunk_fn *fn, void *arg,
              uint64_t *id, int timeout_ms, llmq_result **result)
@@ -871,7 +919,7 @@ llmq_stream (llmq *h, const llmq_job *job, llmq_chunk_fn *fn, void *arg,
         return h ? s_fail (h, LLMQ_ERR_INVALID, "llmq_stream: NULL argument") : LLMQ_ERR_INVALID;
     }
     llmq_job streamed = *job;
-    streamed.stream = 1;
+    streamed.stream = job->stream == LLMQ_STREAM_RESTART ? LLMQ_STREAM_RESTART : 1;
     llmq_job_t wire;
     int rc = s_job_from (h, &streamed, 0, &wire);
     if (rc != LLMQ_OK) {
@@ -906,11 +954,16 @@ llmq_stream (llmq *h, const llmq_job *job, llmq_chunk_fn *fn, void *arg,
     }
     llmq_result *res = NULL;
     int listening = 1;
+    s_streamed_t st = { fn, arg, jid, streamed.stream == LLMQ_STREAM_RESTART, 0, 0 };
     /* First what arrived before the ACCEPTED was read, then the socket. */
     llmq_event *ev;
     while (!res && (ev = client_queue_take (&h->queue, jid, 1))) {
         if (ev->type == LLMQ_EV_CHUNK) {
-            listening = fn (arg, jid, ev->seq, ev->text) == 0;
+            listening = s_streamed_chunk (&st, ev->seq, ev->text);
+        }
+        else
+        if (ev->type == LLMQ_EV_RESET) {
+            listening = s_streamed_reset (&st);
         }
         else {
             res = ev->result;
@@ -930,7 +983,11 @@ llmq_stream (llmq *h, const llmq_job *job, llmq_chunk_fn *fn, void *arg,
             return rc;
         }
         if (m.cmd == LLMQ_CMD_CHUNK && m.id == jid) {
-            listening = fn (arg, jid, m.seq, m.text ? m.text : "") == 0;
+            listening = s_streamed_chunk (&st, m.seq, m.text ? m.text : "");
+        }
+        else
+        if (m.cmd == LLMQ_CMD_RESET && m.id == jid) {
+            listening = s_streamed_reset (&st);
         }
         else
         if (m.cmd == LLMQ_CMD_RESULT && m.corr == 0 && m.nresults >= 1

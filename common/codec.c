@@ -140,6 +140,7 @@ llmq_cmd_name (int cmd)
         case LLMQ_CMD_RESULTS:   return "RESULTS";
         case LLMQ_CMD_STATS_REP: return "STATS_REP";
         case LLMQ_CMD_PONG:      return "PONG";
+        case LLMQ_CMD_RESET:     return "RESET";
         case LLMQ_CMD_ERROR:     return "ERROR";
         case LLMQ_CMD_HELLO:     return "HELLO";
         case LLMQ_CMD_CREDIT:    return "CREDIT";
@@ -275,6 +276,7 @@ s_encode_job (const llmq_job_t *j, llmq_buf_t *out)
     s_put_s (&m, "meta", j->meta);
     s_put_u (&m, "prio", j->priority);
     s_put_b (&m, "stream", j->stream);
+    s_put_b (&m, "restart", j->restart);
     s_put_u (&m, "maxatt", j->max_attempts);
     s_put_u (&m, "deadline", j->deadline_us);
     s_put_u (&m, "state", j->state);
@@ -504,6 +506,7 @@ s_decode_job (s_dec_t *d, const msgpack_object *map, llmq_job_t *j)
         GET_S ("meta", j->meta);
         GET_U ("prio", j->priority, 3);
         GET_B ("stream", j->stream);
+        GET_B ("restart", j->restart);
         GET_U ("maxatt", j->max_attempts, 1000);
         GET_U ("deadline", j->deadline_us, UINT64_MAX);
         GET_U ("state", j->state, 255);
@@ -702,6 +705,7 @@ s_required (int cmd)
         case LLMQ_CMD_ACCEPTED:  return F_IDS;
         case LLMQ_CMD_REJECTED:  return F_CODE;
         case LLMQ_CMD_CHUNK:     return F_ID | F_TEXT;
+        case LLMQ_CMD_RESET:     return F_ID;
         case LLMQ_CMD_RESULT:    return F_RESULTS;
         case LLMQ_CMD_REPLY:     return 0;
         case LLMQ_CMD_STATS_REP: return F_JSON;

@@ -53,6 +53,7 @@ typedef enum {
     LLMQ_CMD_RESULTS    = 0x46,   /* corr, results[], after (cursor), more, json (batch counts) */
     LLMQ_CMD_STATS_REP  = 0x47,   /* corr, json */
     LLMQ_CMD_PONG       = 0x48,   /* corr */
+    LLMQ_CMD_RESET      = 0x49,   /* id, reason: a restartable stream starts over */
     LLMQ_CMD_ERROR      = 0x4F,   /* code, reason: protocol error, to any peer */
     /* worker -> broker */
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
@@ -99,6 +100,8 @@ typedef struct {
     const char *meta;           /* opaque caller metadata (JSON), or NULL */
     uint8_t  priority;          /* llmq_priority: 0 urgent .. 3 low */
     bool     stream;            /* forward chunks to the submitter */
+    bool     restart;           /* with stream: a stream that breaks after chunks
+                                   reached the client may run again (RESET) */
     uint32_t max_attempts;      /* 0: broker default */
     uint64_t deadline_us;       /* absolute unix µs by which it must start; 0: none */
     /* Broker-side state: stored with the job, sent in DISPATCH. */

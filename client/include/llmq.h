@@ -105,6 +105,15 @@ typedef enum {
     LLMQ_STATE_DEAD      = 8    /**< dead-lettered after max attempts */
 } llmq_state;
 
+/** llmq_job.stream: stream, and if the stream breaks after some chunks
+ *  reached the client (the provider cut it, its worker died), run the job
+ *  again instead of failing it: the client first gets a RESET (an
+ *  #LLMQ_EV_RESET event, or a llmq_chunk_fn call with text NULL), meaning
+ *  "forget the chunks received so far", then the new attempt's chunks from
+ *  seq 0. Without it such a job ends #LLMQ_STATE_FAILED with error class
+ *  stream_broken and the partial content. Either way no text comes twice. */
+#define LLMQ_STREAM_RESTART 2
+
 /** Opaque connection handle. */
 typedef struct llmq llmq;
 
@@ -119,7 +128,10 @@ typedef struct {
                                        fails a malformed body as an invalid
                                        request. */
     int         priority;         /**< #llmq_priority; default #LLMQ_PRIO_URGENT (0) */
-    int         stream;           /**< non-zero: stream chunks to the submitter */
+    int         stream;           /**< non-zero: stream chunks to the submitter;
+                                       #LLMQ_STREAM_RESTART: also let a stream
+                                       that breaks after chunks were received
+                                       run again (a RESET event comes first) */
     const char *idempotency_key;  /**< resubmitting a key returns the same job */
     const char *user;             /**< tenant user */
     const char *org;              /**< tenant org */
@@ -165,7 +177,10 @@ typedef enum {
     LLMQ_EV_ACCEPTED = 1,   /**< a llmq_send() was stored: ids[] valid */
     LLMQ_EV_REJECTED = 2,   /**< a llmq_send() was refused: code, reason */
     LLMQ_EV_CHUNK    = 3,   /**< a piece of a streamed job: id, seq, text */
-    LLMQ_EV_RESULT   = 4    /**< a job ended: result */
+    LLMQ_EV_RESULT   = 4,   /**< a job ended: result */
+    LLMQ_EV_RESET    = 5    /**< a streamed job starts over (#LLMQ_STREAM_RESTART):
+                                 id, reason; drop its chunks so far, seq
+                                 starts again at 0 */
 } llmq_event_type;
 
 typedef struct {
@@ -174,7 +189,7 @@ typedef struct {
     uint64_t   *ids;              /**< ACCEPTED: job ids, in submit order */
     size_t      nids;
     int         code;             /**< REJECTED: #llmq_err */
-    const char *reason;           /**< REJECTED */
+    const char *reason;           /**< REJECTED; RESET: why the stream broke */
     long        index;            /**< REJECTED: offending job in the send, or -1 */
     uint64_t    retry_after_ms;   /**< REJECTED: hint, 0 if none */
     uint64_t    id;               /**< CHUNK */
@@ -232,11 +247,17 @@ LLMQ_EXPORT int  llmq_submit_many (llmq *h, const llmq_job *jobs, size_t n,
 LLMQ_EXPORT int  llmq_wait (llmq *h, uint64_t id, int timeout_ms, llmq_result **result);
 
 /** Called for each chunk of a streamed job, in order. Return non-zero to
- *  stop receiving (the job goes on; its result can still be waited for). */
+ *  stop receiving (the job goes on; its result can still be waited for).
+ *  `text` NULL is a RESET (only for jobs streamed with
+ *  #LLMQ_STREAM_RESTART): forget the chunks so far; the next attempt's
+ *  chunks follow from seq 0. */
 typedef int (llmq_chunk_fn) (void *arg, uint64_t id, unsigned seq, const char *text);
 
 /** Submit a job with streaming on and call `fn` for each chunk as it
- *  arrives, until the job ends or the timeout expires. If `fn` returns
+ *  arrives, until the job ends or the timeout expires. job->stream may be
+ *  0 or 1 (stream) or #LLMQ_STREAM_RESTART. If a broker restart makes a
+ *  job run again, a job without #LLMQ_STREAM_RESTART gets no more chunks
+ *  (its result holds the whole answer); one with it gets a RESET. If `fn` returns
  *  non-zero, llmq_stream() returns #LLMQ_OK at once with *result NULL; the
  *  job's later chunks are dropped and llmq_wait() gets its result.
  *  @param[out] id the job id (set as soon as it is accepted; may be NULL)

@@ -573,6 +573,91 @@ START_TEST (test_stream)
 }
 END_TEST
 
+/*  Restarts, three ways. A job streamed with restart gets, first, a RESET
+    from the broker between its attempts; then (the second such job) a new
+    attempt without RESET, as after a broker restart. A plain job gets the
+    same unannounced new attempt. Each attempt sends "Hel" "lo" first; the
+    last one "Hello" " world". */
+static void
+s_script_restart (fake_t *fake, const llmq_msg_t *req)
+{
+    static uint64_t next_id = 70;
+    if (s_pong (fake, req) || req->cmd != LLMQ_CMD_SUBMIT) {
+        return;
+    }
+    uint64_t id = next_id++;
+    llmq_msg_t rep = { .cmd = LLMQ_CMD_ACCEPTED, .corr = req->corr, .ids = &id, .nids = 1 };
+    s_fake_send (fake, &rep);
+    ck_assert (req->jobs[0].stream);
+    ck_assert (req->jobs[0].restart == (id != 72));
+    s_push_chunk (fake, id, 0, "Hel");
+    s_push_chunk (fake, id, 1, "lo");
+    if (id == 70) {
+        llmq_msg_t reset = { .cmd = LLMQ_CMD_RESET, .id = id, .reason = "stream cut" };
+        s_fake_send (fake, &reset);
+    }
+    s_push_chunk (fake, id, 0, "Hello");
+    s_push_chunk (fake, id, 1, " world");
+    s_push_result (fake, id, LLMQ_STATE_DONE, "Hello world");
+}
+
+typedef struct {
+    char text[64];              /* what the caller holds: a RESET empties it */
+    unsigned resets;
+    unsigned next_seq;
+} held_t;
+
+static int
+s_hold (void *arg, uint64_t id, unsigned seq, const char *text)
+{
+    (void) id;
+    held_t *c = arg;
+    if (!text) {
+        c->resets++;
+        c->text[0] = '\0';
+        c->next_seq = 0;
+        return 0;
+    }
+    ck_assert_uint_eq (seq, c->next_seq);
+    c->next_seq++;
+    strcat (c->text, text);
+    return 0;
+}
+
+START_TEST (test_stream_restart)
+{
+    fake_t *fake = s_fake_start (s_script_restart);
+    llmq *h = NULL;
+    ck_assert_int_eq (llmq_connect (fake->endpoint, 2000, &h), LLMQ_OK);
+    llmq_job job = { .model = "m", .body = s_body, .stream = LLMQ_STREAM_RESTART };
+    llmq_result *res = NULL;
+    /* RESET from the broker: passed on as text NULL. */
+    held_t got = { "", 0, 0 };
+    ck_assert_int_eq (llmq_stream (h, &job, s_hold, &got, NULL, 2000, &res), LLMQ_OK);
+    ck_assert_uint_eq (got.resets, 1);
+    ck_assert_str_eq (got.text, "Hello world");
+    ck_assert_str_eq (res->content, "Hello world");
+    llmq_result_free (&res);
+    /* seq 0 again without a RESET: the library makes one up. */
+    held_t again = { "", 0, 0 };
+    ck_assert_int_eq (llmq_stream (h, &job, s_hold, &again, NULL, 2000, &res), LLMQ_OK);
+    ck_assert_uint_eq (again.resets, 1);
+    ck_assert_str_eq (again.text, "Hello world");
+    llmq_result_free (&res);
+    /* A plain stream never gets text twice: the new attempt is not passed
+       on, the result has the whole answer. */
+    job.stream = 1;
+    held_t plain = { "", 0, 0 };
+    ck_assert_int_eq (llmq_stream (h, &job, s_hold, &plain, NULL, 2000, &res), LLMQ_OK);
+    ck_assert_uint_eq (plain.resets, 0);
+    ck_assert_str_eq (plain.text, "Hello");
+    ck_assert_str_eq (res->content, "Hello world");
+    llmq_result_free (&res);
+    llmq_close (&h);
+    s_fake_stop (&fake);
+}
+END_TEST
+
 /*  Answers pipelined SUBMITs in reverse order once three have come. */
 static uint64_t s_corrs[3];
 static size_t s_njobs[3];
@@ -1054,6 +1139,7 @@ s_client_suite (void)
     tcase_add_test (fake, test_submit_keeps_pushes);
     tcase_add_test (fake, test_rejections);
     tcase_add_test (fake, test_stream);
+    tcase_add_test (fake, test_stream_restart);
     tcase_add_test (fake, test_pipeline);
     tcase_add_test (fake, test_late_answer_dropped);
     tcase_add_test (fake, test_resubscribe_after_restart);

@@ -41,6 +41,7 @@ static const struct {
     { LLMQ_CMD_RESULTS,   "" },
     { LLMQ_CMD_STATS_REP, "json" },
     { LLMQ_CMD_PONG,      "" },
+    { LLMQ_CMD_RESET,     "id" },
     { LLMQ_CMD_ERROR,     "code" },
     { LLMQ_CMD_HELLO,     "" },
     { LLMQ_CMD_CREDIT,    "" },
@@ -75,6 +76,7 @@ s_full_job (uint64_t n)
         .meta = "{\"trace\":\"abc\"}",
         .priority = (uint8_t) (n % 4),
         .stream = true,
+        .restart = n % 2 == 1,
         .max_attempts = 5 + (uint32_t) n,
         .deadline_us = 1767225600000000ull + n,
         .state = LLMQ_STATE_RUNNING,
@@ -242,6 +244,7 @@ s_assert_job_eq (const llmq_job_t *a, const llmq_job_t *b)
     ck_assert_pstr_eq (a->meta, b->meta);
     ck_assert_uint_eq (a->priority, b->priority);
     ck_assert_int_eq (a->stream, b->stream);
+    ck_assert_int_eq (a->restart, b->restart);
     ck_assert_uint_eq (a->max_attempts, b->max_attempts);
     ck_assert_uint_eq (a->deadline_us, b->deadline_us);
     ck_assert_uint_eq (a->state, b->state);
