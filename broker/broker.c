@@ -8,9 +8,11 @@
     Everything that must survive a crash is in the store.
 */
 #include "broker.h"
+#include "admin.h"
 #include "clock.h"
 #include "codec.h"
 #include "log.h"
+#include "router.h"
 #include "store.h"
 
 #include <jansson.h>
@@ -21,6 +23,7 @@
 #define S_TICK_MS        100        /* timer granularity */
 #define S_TURN_MAX       4096       /* messages applied per turn at most */
 #define S_TICK_BUDGET    2000       /* timer records touched per tick */
+#define S_HISTORY_MAX    200        /* breaker state changes kept */
 
 typedef struct {
     char *key;                      /* routing id as hex: the hash key */
@@ -39,6 +42,12 @@ typedef struct {
     uint32_t chunks;                /* chunks of this attempt forwarded to a client */
     bool restart;                   /* a broken stream may start over (RESET):
                                        the job asked, and has attempts left */
+    llmq_router_t *router;          /* to give the grant back */
+    uint64_t grant;                 /* the router's grant for this call */
+    bool granted;                   /* grant not yet ended */
+    size_t dep;                     /* deployment index */
+    bool degraded;                  /* served by the fallback group */
+    bool last_attempt;              /* a failure ends the job (max attempts) */
 } s_lease_t;
 
 typedef struct {
@@ -61,7 +70,6 @@ struct llmq_broker {
     zhashx_t *workers;              /* key -> s_worker_t */
     zhashx_t *leases;               /* job id -> s_lease_t */
     zhashx_t *subs;                 /* job id -> s_sub_t */
-    uint64_t *group_rr;             /* round robin position per config group */
     uint64_t worker_rr;
     s_out_t *out;                   /* messages to send after the commit */
     size_t nout, outcap;
@@ -70,9 +78,15 @@ struct llmq_broker {
     size_t out_mark;                /* outbox size at the open savepoint */
     uint64_t next_tick_ms, next_heartbeat_ms;
     bool full;                      /* store refuses submits */
+    llmq_router_t *router;          /* breakers, limits, balancing */
+    zhashx_t *avoid;                /* job id -> deployment index + 1 its last attempt failed on */
+    json_t *history;                /* breaker state changes, oldest first */
+    bool history_dirty;
+    uint64_t wake_ms;               /* monotonic: a blocked group may be free then (0: none) */
     /* Totals since start, for stats. */
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
-             n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted;
+             n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted, n_degraded,
+             n_retry_budget;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
 };
@@ -136,10 +150,18 @@ s_sub_free (void **item)
     }
 }
 
+/*  A lease that ends without a report (cancelled, its worker gone) gives
+    its grant back to the router: the call's slot is free again. */
 static void
 s_lease_free (void **item)
 {
-    free (*item);
+    s_lease_t *l = (s_lease_t *) *item;
+    if (l && l->granted && l->router) {
+        llmq_outcome_t o = { .error_class = LLMQ_EC_CANCELLED, .remaining_requests = -1,
+                             .remaining_tokens = -1 };
+        llmq_router_outcome (l->router, l->grant, &o, llmq_now_us () / 1000);
+    }
+    free (l);
     *item = NULL;
 }
 
@@ -268,6 +290,9 @@ s_reply_error (llmq_broker_t *self, zsock_t *sock, zframe_t *to, uint64_t corr, 
     m.index = -1;
     s_send (self, sock, to, &m);
 }
+
+static s_worker_t *s_next_worker (llmq_broker_t *self);
+static size_t s_group_index (const llmq_broker_t *self, const char *name);
 
 /*  Push a final result to the job's subscriber, if any, and forget it. */
 static void
@@ -444,12 +469,75 @@ s_client_status (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
                        rc == LLMQ_ERR_NOT_FOUND ? "no such job (or its result expired)" : "store error");
         return;
     }
+    if (res.state == LLMQ_STATE_QUEUED && res.model) {
+        /*  Why is it waiting? No capacity now is not a failure: say what
+            holds the group back, and until when. */
+        size_t gi = s_group_index (self, res.model);
+        llmq_pick_t pick;
+        uint64_t until;
+        char why[512];
+        const char *reason = NULL;
+        if (gi == SIZE_MAX) {
+            reason = "waiting: its model group is not in the broker's config";
+        }
+        else
+        if (llmq_router_pick (self->router, gi, 1, SIZE_MAX, llmq_now_us () / 1000, &pick, &until,
+                              why, sizeof why) != 0) {
+            reason = why;
+        }
+        else
+        if (!s_next_worker (self)) {
+            reason = zhashx_size (self->workers) ? "all workers busy" : "no worker connected";
+        }
+        if (reason) {
+            size_t len = strlen (reason) + 16;
+            char *text = (char *) llmq_arena_alloc (self->arena, len);
+            if (text) {
+                snprintf (text, len, "%s%s", strncmp (reason, "waiting", 7) ? "waiting: " : "", reason);
+                res.error = text;
+            }
+        }
+    }
     llmq_msg_t r = { 0 };
     r.cmd = LLMQ_CMD_RESULT;
     r.corr = m->corr;
     r.results = &res;
     r.nresults = 1;
     s_send (self, self->frontend, from, &r);
+}
+
+/*  ADMIN: one operation of admin.c, JSON in and out. */
+static void
+s_client_admin (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
+{
+    json_error_t jerr;
+    json_t *req = json_loads (m->json, 0, &jerr);
+    char why[512] = "";
+    int code = 0;
+    json_t *rep = NULL;
+    if (!json_is_object (req)) {
+        code = LLMQ_ERR_INVALID;
+        snprintf (why, sizeof why, "admin request is not a JSON object");
+    }
+    else {
+        llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, now,
+                             NULL, NULL, self->history };
+        rep = llmq_admin_run (&ctx, req, &code, why, sizeof why);
+    }
+    json_decref (req);
+    char *text = rep ? json_dumps (rep, JSON_COMPACT) : NULL;
+    json_decref (rep);
+    if (!text) {
+        s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED,
+                       code ? code : LLMQ_ERR_NOMEM, why[0] ? why : "out of memory");
+        return;
+    }
+    llmq_msg_t r = { 0 };
+    r.cmd = LLMQ_CMD_ADMIN_REP;
+    r.corr = m->corr;
+    r.json = text;
+    s_send (self, self->frontend, from, &r);
+    free (text);
 }
 
 static void
@@ -571,6 +659,8 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "failed", json_integer ((json_int_t) self->n_failed));
     json_object_set_new (t, "retried", json_integer ((json_int_t) self->n_retried));
     json_object_set_new (t, "restarted", json_integer ((json_int_t) self->n_restarted));
+    json_object_set_new (t, "degraded", json_integer ((json_int_t) self->n_degraded));
+    json_object_set_new (t, "retry_budget_refused", json_integer ((json_int_t) self->n_retry_budget));
     json_object_set_new (t, "cancelled", json_integer ((json_int_t) self->n_cancelled));
     json_object_set_new (t, "expired", json_integer ((json_int_t) self->n_expired));
     json_object_set_new (t, "dead", json_integer ((json_int_t) self->n_dead));
@@ -580,6 +670,32 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "commit_us", json_integer ((json_int_t) self->commit_us));
     json_object_set_new (t, "turn_us", json_integer ((json_int_t) self->turn_us));
     json_object_set_new (root, "totals", t);
+    json_t *deps = json_object ();
+    uint64_t unix_ms = llmq_now_us () / 1000;
+    for (size_t i = 0; i < self->config->ndeployments; i++) {
+        llmq_dep_view_t v;
+        llmq_router_view (self->router, i, unix_ms, &v);
+        json_object_set_new (deps, self->config->deployments[i].name, json_pack (
+            "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+            "breaker", llmq_breaker_state_name (v.breaker),
+            "open_until_ms", (json_int_t) v.open_until_ms,
+            "paused_until_ms", (json_int_t) v.paused_until_ms,
+            "in_flight", (json_int_t) v.in_flight,
+            "window_requests", (json_int_t) v.window_requests,
+            "window_tokens", (json_int_t) v.window_tokens,
+            "breaker_window_calls", (json_int_t) v.window_calls,
+            "breaker_window_failures", (json_int_t) v.window_failures,
+            "calls", (json_int_t) v.calls,
+            "failures", (json_int_t) v.failures,
+            "retries", (json_int_t) v.retries,
+            "retries_refused", (json_int_t) v.retries_refused,
+            "probes", (json_int_t) v.probes,
+            "latency_ewma_ms", (json_int_t) v.latency_ewma_ms,
+            "p50_ms", (json_int_t) v.p50_ms,
+            "p95_ms", (json_int_t) v.p95_ms,
+            "timeout_ms", (json_int_t) v.timeout_ms));
+    }
+    json_object_set_new (root, "deployments", deps);
     uint64_t used, size, max;
     llmq_store_space (self->store, &used, &size, &max);
     json_t *st = json_object ();
@@ -632,6 +748,7 @@ s_on_client (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
         case LLMQ_CMD_WAIT:   s_client_wait (self, from, &m); break;
         case LLMQ_CMD_FETCH:  s_client_fetch (self, from, &m); break;
         case LLMQ_CMD_STATS:  s_client_stats (self, from, &m); break;
+        case LLMQ_CMD_ADMIN:  s_client_admin (self, from, &m, now); break;
         case LLMQ_CMD_PING: {
             llmq_msg_t r = { 0 };
             r.cmd = LLMQ_CMD_PONG;
@@ -733,7 +850,24 @@ s_worker_remove (llmq_broker_t *self, s_worker_t *w, bool lost, uint64_t now)
     zhashx_delete (self->workers, w->key);
 }
 
-/*  Retry delay for the n-th failed attempt: base * 2^(n-1), capped. */
+/*  A small fast generator for jitter (xorshift64*). */
+static uint64_t
+s_random (void)
+{
+    static uint64_t x = 0;
+    if (x == 0) {
+        x = llmq_now_us () | 1;
+    }
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/*  Retry delay for the n-th failed attempt: base * 2^(n-1), capped, with
+    "equal jitter" (half fixed, half random) so that jobs that failed
+    together do not come back together; never less than the provider's
+    Retry-After. */
 static uint64_t
 s_backoff_us (const llmq_config_t *c, uint32_t attempts, uint64_t retry_after_ms)
 {
@@ -744,6 +878,7 @@ s_backoff_us (const llmq_config_t *c, uint32_t attempts, uint64_t retry_after_ms
     if (ms > c->retry_backoff_max_ms) {
         ms = c->retry_backoff_max_ms;
     }
+    ms = ms / 2 + s_random () % (ms / 2 + 1);
     if (retry_after_ms > ms) {
         ms = retry_after_ms;
     }
@@ -763,8 +898,35 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         }
         return false;
     }
-    bool saved = s_save (self, false);
     llmq_result_t *res = &m->results[0];
+    res->degraded = l->degraded;
+    uint64_t now_ms = now / 1000;
+    if (l->granted) {
+        llmq_outcome_t o = { .error_class = m->cmd == LLMQ_CMD_DONE ? LLMQ_EC_NONE : res->error_class,
+                             .tokens = (uint64_t) res->prompt_tokens + res->completion_tokens,
+                             .latency_ms = res->latency_us / 1000, .retry_after_ms = m->retry_after_ms,
+                             .remaining_requests = -1, .remaining_tokens = -1 };
+        llmq_router_outcome (self->router, l->grant, &o, now_ms);
+        l->granted = false;
+    }
+    bool retry = m->cmd == LLMQ_CMD_FAILED
+              && (llmq_error_class_retryable (res->error_class)
+                  || (res->error_class == LLMQ_EC_STREAM_BROKEN && (l->chunks == 0 || l->restart)));
+    if (retry && !l->last_attempt && !llmq_router_retry_allowed (self->router, l->dep, now_ms)) {
+        /*  The deployment's retry budget is spent: a storm of retries
+            would only add load to a provider that is failing. */
+        retry = false;
+        self->n_retry_budget++;
+        const char *dep = self->config->deployments[l->dep].name;
+        size_t len = strlen (res->error ? res->error : "") + strlen (dep) + 80;
+        char *text = (char *) llmq_arena_alloc (self->arena, len);
+        if (text) {
+            snprintf (text, len, "%s (not retried: the retry budget of deployment %s is spent)",
+                      res->error ? res->error : "failed", dep);
+            res->error = text;
+        }
+    }
+    bool saved = s_save (self, false);
     llmq_result_t final;
     int rc;
     bool ended = false;             /* the job reached a final state */
@@ -780,11 +942,11 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
             s_send_reset (self, m->id, l, "the worker stopped mid-stream");
         }
     }
-    else if (llmq_error_class_retryable (res->error_class)
-             || (res->error_class == LLMQ_EC_STREAM_BROKEN && (l->chunks == 0 || l->restart))) {
+    else if (retry) {
         /*  A stream that broke is retryable while none of its chunks
             reached a client (none was subscribed), or, if the job allows,
-            starts over with a RESET. */
+            starts over with a RESET. The retry prefers another
+            deployment of the group. */
         llmq_result_t st;
         uint32_t attempt = 1;
         if (llmq_store_status (self->store, m->id, &st, self->arena) == 0) {
@@ -794,6 +956,7 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         rc = llmq_store_requeue (self->store, m->id, m->lease, true, nb, res, now, &final, self->arena);
         if (rc == 0) {
             self->n_retried++;
+            zhashx_update (self->avoid, U64_KEY (m->id), (void *) (uintptr_t) (l->dep + 1));
             if (l->chunks > 0) {
                 s_send_reset (self, m->id, l, res->error);
             }
@@ -989,27 +1152,93 @@ s_next_worker (llmq_broker_t *self)
     return best;
 }
 
+/*  Tokens a call may use, reserved against the deployment's TPM until the
+    worker reports what it used: the prompt's bytes / 4 (about one token
+    per 4 bytes of English) plus the answer's limit, max_tokens or
+    max_completion_tokens in the body, else the deployment's default, else
+    256. A scan, not a parse: the broker never parses bodies. */
+static uint64_t
+s_estimate_tokens (const char *body, uint32_t default_max)
+{
+    size_t len = strlen (body);
+    uint64_t max = default_max ? default_max : 256;
+    static const char *keys[] = { "\"max_tokens\"", "\"max_completion_tokens\"" };
+    for (int k = 0; k < 2; k++) {
+        const char *p = strstr (body, keys[k]);
+        if (p) {
+            p += strlen (keys[k]);
+            while (*p == ' ' || *p == ':' || *p == '\t' || *p == '\n' || *p == '\r') {
+                p++;
+            }
+            if (*p >= '0' && *p <= '9') {
+                max = strtoull (p, NULL, 10);
+                break;
+            }
+        }
+    }
+    return len / 4 + max;
+}
+
+/*  Config group index of a name, or SIZE_MAX. */
+static size_t
+s_group_index (const llmq_broker_t *self, const char *name)
+{
+    const llmq_group_t *g = llmq_config_group (self->config, name);
+    return g ? (size_t) (g - self->config->groups) : SIZE_MAX;
+}
+
+/*  Dispatch while a worker has credit: the ready job with the smallest
+    virtual deadline among the groups the router can serve now. A group
+    that cannot (breakers open, limits reached) is skipped this turn and
+    its jobs wait in the queue; self->wake_ms says when to look again. */
 static void
 s_dispatch (llmq_broker_t *self, uint64_t now)
 {
     const llmq_route_stats_t *rs;
+    uint64_t now_ms = now / 1000;
+    size_t nr = llmq_store_routes (self->store, &rs);
+    bool blocked_small[64] = { false };
+    bool *blocked = nr <= 64 ? blocked_small : (bool *) calloc (nr, sizeof (bool));
+    if (!blocked) {
+        return;
+    }
+    uint64_t wake = 0;              /* unix ms a blocked group may be free */
     for (;;) {
         s_worker_t *w = s_next_worker (self);
         if (!w) {
-            return;
+            break;
         }
-        size_t nr = llmq_store_routes (self->store, &rs);
+        nr = llmq_store_routes (self->store, &rs);
         uint64_t best_id = 0, best_vdl = UINT64_MAX;
-        for (size_t i = 0; i < nr; i++) {
+        size_t best_route = 0, best_group = SIZE_MAX;
+        for (size_t i = 0; i < nr && i < 64; i++) {
             uint64_t id, vdl;
-            if (llmq_store_peek (self->store, rs[i].number, &id, &vdl) == 0 && vdl < best_vdl
-            &&  llmq_config_group (self->config, rs[i].name)) {
-                best_id = id;
-                best_vdl = vdl;
+            if (blocked[i] || llmq_store_peek (self->store, rs[i].number, &id, &vdl) != 0 || vdl >= best_vdl) {
+                continue;
             }
+            size_t gi = s_group_index (self, rs[i].name);
+            if (gi == SIZE_MAX) {
+                continue;
+            }
+            best_id = id;
+            best_vdl = vdl;
+            best_route = i;
+            best_group = gi;
         }
         if (!best_id) {
-            return;
+            break;
+        }
+        /*  Can anything of the group take a call at all? */
+        uintptr_t avoid1 = (uintptr_t) zhashx_lookup (self->avoid, U64_KEY (best_id));
+        size_t avoid = avoid1 ? avoid1 - 1 : SIZE_MAX;
+        llmq_pick_t pick;
+        uint64_t until = 0;
+        if (llmq_router_pick (self->router, best_group, 1, avoid, now_ms, &pick, &until, NULL, 0) != 0) {
+            blocked[best_route] = true;
+            if (until && (!wake || until < wake)) {
+                wake = until;
+            }
+            continue;
         }
         llmq_job_t job;
         llmq_result_t final;
@@ -1018,7 +1247,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         bool written = rc == 0 || rc == LLMQ_ERR_EXPIRED;
         int saved_rc = written ? s_release (self, saved) : (s_rollback (self, saved), rc);
         if (saved_rc == LLMQ_ERR_STORE_FULL) {
-            return;             /* no room to record a lease: next turn */
+            break;              /* no room to record a lease: next turn */
         }
         if (written && saved_rc) {
             rc = saved_rc;
@@ -1029,29 +1258,61 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         }
         if (rc) {
             llmq_error ("job %llu: cannot lease: %s", (unsigned long long) best_id, llmq_strerror (rc));
-            return;
+            break;
         }
-        const llmq_group_t *g = llmq_config_group (self->config, job.model);
-        size_t gi = (size_t) (g - self->config->groups);
-        const char *dep = g->deployments[self->group_rr[gi]++ % g->ndeployments];
-        const llmq_deployment_t *d = llmq_config_deployment (self->config, dep);
+        /*  Now with the job's own estimate (TPM). */
+        const llmq_deployment_t *d = &self->config->deployments[pick.dep];
+        uint64_t tokens = s_estimate_tokens (job.body ? job.body : "", d->max_tokens);
+        if (llmq_router_pick (self->router, best_group, tokens, avoid, now_ms, &pick, &until, NULL, 0) != 0) {
+            llmq_store_requeue (self->store, job.id, job.lease, false, 0, NULL, now, &final, self->arena);
+            blocked[best_route] = true;
+            if (until && (!wake || until < wake)) {
+                wake = until;
+            }
+            continue;
+        }
+        zhashx_delete (self->avoid, U64_KEY (job.id));
+        d = &self->config->deployments[pick.dep];
+        s_lease_t *l = (s_lease_t *) calloc (1, sizeof *l);
+        if (!l) {
+            llmq_store_requeue (self->store, job.id, job.lease, false, 0, NULL, now, &final, self->arena);
+            break;
+        }
         llmq_msg_t m = { 0 };
         m.cmd = LLMQ_CMD_DISPATCH;
         m.jobs = &job;
         m.njobs = 1;
-        m.deployment = dep;
-        m.timeout_ms = d ? d->timeout_ms : 60000;
+        m.deployment = d->name;
+        m.timeout_ms = llmq_router_timeout_ms (self->router, pick.dep);
         s_send (self, self->backend, w->identity, &m);
-        s_lease_t *l = (s_lease_t *) calloc (1, sizeof *l);
         l->worker = w;
         l->lease = job.lease;
         uint32_t max = job.max_attempts ? job.max_attempts : self->config->max_attempts;
         l->restart = job.stream && job.restart && job.attempts + 1 < max;
+        l->last_attempt = job.attempts + 1 >= max;
+        l->router = self->router;
+        l->grant = llmq_router_grant (self->router, &pick, tokens, job.attempts > 0, now_ms);
+        l->granted = true;
+        l->dep = pick.dep;
+        l->degraded = pick.degraded;
+        if (pick.degraded) {
+            self->n_degraded++;
+        }
         zhashx_update (self->leases, U64_KEY (job.id), l);
         w->credit--;
         w->running++;
         w->dispatched++;
         self->n_dispatched++;
+    }
+    if (blocked != blocked_small) {
+        free (blocked);
+    }
+    /*  Wake up when a blocked group may be free (a limit's window slides,
+        a pause or an open breaker ends). */
+    self->wake_ms = 0;
+    if (wake) {
+        uint64_t mono = llmq_mono_ms ();
+        self->wake_ms = mono + (wake > now_ms ? wake - now_ms : 0);
     }
 }
 
@@ -1112,6 +1373,158 @@ s_bind (const char *endpoint, int maxmsg, char **bound, char *err, size_t errlen
     return sock;
 }
 
+/*  A breaker changed state: logged, and kept for the admin view. */
+static void
+s_on_router_event (void *arg, size_t dep, int from, int to, const char *reason, uint64_t now_ms)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    const char *name = self->config->deployments[dep].name;
+    if (to == LLMQ_BREAKER_OPEN) {
+        llmq_warn ("deployment %s: breaker %s -> open: %s", name, llmq_breaker_state_name (from), reason);
+    }
+    else {
+        llmq_info ("deployment %s: breaker %s -> %s: %s", name, llmq_breaker_state_name (from),
+                   llmq_breaker_state_name (to), reason);
+    }
+    json_array_append_new (self->history,
+                           json_pack ("{s:I, s:s, s:s, s:s, s:s}", "at_ms", (json_int_t) now_ms,
+                                      "deployment", name, "from", llmq_breaker_state_name (from),
+                                      "to", llmq_breaker_state_name (to), "reason", reason));
+    while (json_array_size (self->history) > S_HISTORY_MAX) {
+        json_array_remove (self->history, 0);
+    }
+    self->history_dirty = true;
+}
+
+/*  The router from the config: one policy per deployment, one per group. */
+static llmq_router_t *
+s_router_new (const llmq_config_t *config)
+{
+    size_t nd = config->ndeployments, ng = config->ngroups;
+    llmq_dep_policy_t *deps = (llmq_dep_policy_t *) calloc (nd ? nd : 1, sizeof *deps);
+    llmq_group_policy_t *groups = (llmq_group_policy_t *) calloc (ng ? ng : 1, sizeof *groups);
+    size_t **members = (size_t **) calloc (ng ? ng : 1, sizeof *members);
+    llmq_router_t *router = NULL;
+    if (!deps || !groups || !members) {
+        goto done;
+    }
+    for (size_t i = 0; i < nd; i++) {
+        const llmq_deployment_t *d = &config->deployments[i];
+        llmq_dep_policy_t *p = &deps[i];
+        llmq_dep_policy_defaults (p);
+        p->name = d->name;
+        p->rpm = d->rpm;
+        p->tpm = d->tpm;
+        p->rate_window_ms = d->rate_window_ms;
+        p->rate_margin_ms = d->rate_margin_ms;
+        p->max_concurrent = d->max_concurrent;
+        p->weight = d->weight;
+        p->order = (int32_t) d->order;
+        p->price = d->price_input + d->price_output;
+        p->breaker_failures = d->breaker_failures;
+        p->breaker_failure_pct = d->breaker_failure_pct;
+        p->breaker_min_calls = d->breaker_min_calls;
+        p->breaker_window_ms = d->breaker_window_ms;
+        p->breaker_open_ms = d->breaker_open_ms;
+        p->breaker_probes = d->breaker_probes;
+        p->breaker_successes = d->breaker_successes;
+        p->timeout_ms = d->timeout_ms;
+        p->timeout_max_ms = d->timeout_ms;
+        p->timeout_min_ms = d->timeout_min_ms < d->timeout_ms ? d->timeout_min_ms : d->timeout_ms;
+        p->adaptive_timeout = d->adaptive_timeout;
+        p->retry_budget_pct = d->retry_budget_pct;
+        p->retry_budget_min = d->retry_budget_min;
+    }
+    for (size_t i = 0; i < ng; i++) {
+        const llmq_group_t *g = &config->groups[i];
+        members[i] = (size_t *) calloc (g->ndeployments ? g->ndeployments : 1, sizeof (size_t));
+        if (!members[i]) {
+            goto done;
+        }
+        for (size_t j = 0; j < g->ndeployments; j++) {
+            const llmq_deployment_t *d = llmq_config_deployment (config, g->deployments[j]);
+            members[i][j] = d ? (size_t) (d - config->deployments) : 0;
+        }
+        const llmq_group_t *fb = g->fallback ? llmq_config_group (config, g->fallback) : NULL;
+        int strategy = g->strategy ? llmq_strategy_parse (g->strategy) : LLMQ_STRATEGY_ROUND_ROBIN;
+        groups[i] = (llmq_group_policy_t) { g->name, strategy < 0 ? LLMQ_STRATEGY_ROUND_ROBIN : strategy,
+                                            members[i], g->ndeployments,
+                                            fb ? (int) (fb - config->groups) : -1 };
+    }
+    router = llmq_router_new (deps, nd, groups, ng);
+done:
+    for (size_t i = 0; members && i < ng; i++) {
+        free (members[i]);
+    }
+    free (members);
+    free (groups);
+    free (deps);
+    return router;
+}
+
+/*  Snapshots of the router's state, stored under "router/<deployment>",
+    and the breaker history under "history". */
+static void
+s_router_load (llmq_broker_t *self)
+{
+    if (llmq_store_begin (self->store)) {
+        return;
+    }
+    uint64_t now_ms = llmq_now_us () / 1000;
+    for (size_t i = 0; i < self->config->ndeployments; i++) {
+        char key[128];
+        snprintf (key, sizeof key, "router/%s", self->config->deployments[i].name);
+        const void *data;
+        size_t len;
+        if (llmq_store_state_get (self->store, key, &data, &len) == 0
+            && llmq_router_load (self->router, i, data, len, now_ms) != 0) {
+            llmq_warn ("deployment %s: stored breaker and limit state unreadable: starting afresh", key + 7);
+        }
+    }
+    const void *data;
+    size_t len;
+    if (llmq_store_state_get (self->store, "history", &data, &len) == 0) {
+        json_t *h = json_loadb ((const char *) data, len, 0, NULL);
+        if (json_is_array (h)) {
+            json_decref (self->history);
+            self->history = h;
+        }
+        else {
+            json_decref (h);
+        }
+    }
+    llmq_store_abort (self->store);
+}
+
+static void
+s_router_save (llmq_broker_t *self)
+{
+    size_t size = llmq_router_save_size ();
+    char *buf = NULL;
+    for (size_t i = 0; i < self->config->ndeployments; i++) {
+        if (!llmq_router_dirty (self->router, i)) {
+            continue;
+        }
+        if (!buf && !(buf = (char *) malloc (size))) {
+            return;
+        }
+        char key[128];
+        snprintf (key, sizeof key, "router/%s", self->config->deployments[i].name);
+        size_t n = llmq_router_save (self->router, i, buf, size);
+        if (n && llmq_store_state_put (self->store, key, buf, n) != 0) {
+            llmq_warn ("deployment %s: cannot store breaker and limit state", key + 7);
+        }
+    }
+    free (buf);
+    if (self->history_dirty) {
+        char *text = json_dumps (self->history, JSON_COMPACT);
+        if (text && llmq_store_state_put (self->store, "history", text, strlen (text)) == 0) {
+            self->history_dirty = false;
+        }
+        free (text);
+    }
+}
+
 llmq_broker_t *
 llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
 {
@@ -1151,7 +1564,16 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     zhashx_set_destructor (self->workers, s_worker_free);
     self->leases = s_u64_map (s_lease_free);
     self->subs = s_u64_map (s_sub_free);
-    self->group_rr = (uint64_t *) calloc (config->ngroups + 1, sizeof (uint64_t));
+    self->avoid = s_u64_map (NULL);
+    self->history = json_array ();
+    self->router = s_router_new (config);
+    if (!self->router || !self->history) {
+        snprintf (err, errlen, "out of memory");
+        llmq_broker_destroy (&self);
+        return NULL;
+    }
+    llmq_router_on_event (self->router, s_on_router_event, self);
+    s_router_load (self);
     self->arena = llmq_arena_new ();
     self->deferred = zlistx_new ();
     self->full = llmq_store_check_space (self->store);
@@ -1175,15 +1597,17 @@ llmq_broker_destroy (llmq_broker_t **self_p)
             zlistx_destroy (&self->deferred);
         }
         zhashx_destroy (&self->workers);
-        zhashx_destroy (&self->leases);
+        zhashx_destroy (&self->leases);     /* gives grants back: before the router */
         zhashx_destroy (&self->subs);
+        zhashx_destroy (&self->avoid);
+        llmq_router_destroy (&self->router);
+        json_decref (self->history);
         zsock_destroy (&self->frontend);
         zsock_destroy (&self->backend);
         zstr_free (&self->frontend_ep);
         zstr_free (&self->backend_ep);
         llmq_store_close (&self->store);
         llmq_arena_destroy (&self->arena);
-        free (self->group_rr);
         free (self);
         *self_p = NULL;
     }
@@ -1211,7 +1635,11 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
     self->next_tick_ms = llmq_mono_ms ();
     while (!*stop) {
         uint64_t now_ms = llmq_mono_ms ();
-        long timeout = self->next_tick_ms > now_ms ? (long) (self->next_tick_ms - now_ms) : 0;
+        uint64_t wake = self->next_tick_ms;
+        if (self->wake_ms && self->wake_ms < wake) {
+            wake = self->wake_ms;       /* a blocked group may be free before the tick */
+        }
+        long timeout = wake > now_ms ? (long) (wake - now_ms) : 0;
         int rc = zmq_poll (items, 2, timeout);
         if (rc < 0 && zmq_errno () != EINTR) {
             llmq_error ("poll failed: %s", zmq_strerror (zmq_errno ()));
@@ -1264,6 +1692,7 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
             self->next_tick_ms = now_ms + S_TICK_MS;
         }
         s_dispatch (self, now);
+        s_router_save (self);
         s_flush_early (self);
         uint64_t t_commit = llmq_mono_us ();
         if (llmq_store_commit (self->store)) {

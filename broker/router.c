@@ -150,7 +150,7 @@ llmq_dep_policy_defaults (llmq_dep_policy_t *p)
     p->timeout_max_ms = 600000;
     p->adaptive_timeout = true;
     p->retry_budget_pct = 20;
-    p->retry_budget_min = 3;
+    p->retry_budget_min = 10;
 }
 
 llmq_router_t *

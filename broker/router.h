@@ -72,7 +72,7 @@ typedef struct {
     bool     adaptive_timeout;      /* p95 x 1.5 once 20 calls succeeded */
     /* retries */
     uint32_t retry_budget_pct;      /* retries <= this % of calls per minute (20) */
-    uint32_t retry_budget_min;      /* retries always allowed per minute (3) */
+    uint32_t retry_budget_min;      /* retries always allowed per minute (10) */
 } llmq_dep_policy_t;
 
 /*  Fill `p` with the defaults above. */

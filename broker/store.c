@@ -49,6 +49,7 @@ typedef struct {
 struct llmq_store {
     MDB_env *env;
     MDB_txn *txn;                   /* the turn's write transaction, or NULL */
+    MDB_dbi state;                  /* name -> blob: the router's snapshots */
     MDB_dbi meta, routes, jobs, ready, delayed, deadlines, leases, results, expiry, idem,
             batches, batchjobs;
     llmq_store_opts_t opts;
@@ -416,7 +417,7 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
     }
     int rc = mdb_env_create (&self->env);
     if (rc == 0) {
-        mdb_env_set_maxdbs (self->env, 16);
+        mdb_env_set_maxdbs (self->env, 32);
         rc = mdb_env_set_mapsize (self->env, (size_t) opts->map_size);
     }
     if (rc == 0) {
@@ -437,7 +438,8 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
             { "meta", &self->meta }, { "routes", &self->routes }, { "jobs", &self->jobs },
             { "ready", &self->ready }, { "delayed", &self->delayed }, { "deadlines", &self->deadlines },
             { "leases", &self->leases }, { "results", &self->results }, { "expiry", &self->expiry },
-            { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs }
+            { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs },
+            { "state", &self->state }
         };
         for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) {
             rc = mdb_dbi_open (self->txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -1313,6 +1315,29 @@ llmq_store_cancel (llmq_store_t *self, uint64_t id, uint64_t now, int *was, uint
     final->started_us = started;
     final->error = "cancelled by request";
     return s_finalise (self, &job, final, now);
+}
+
+int
+llmq_store_state_put (llmq_store_t *self, const char *key, const void *data, size_t len)
+{
+    MDB_val k = s_str_val (key), d = { len, (void *) data };
+    return mdb_put (self->txn, self->state, &k, &d, 0) ? LLMQ_ERR_STORE : 0;
+}
+
+int
+llmq_store_state_get (llmq_store_t *self, const char *key, const void **data, size_t *len)
+{
+    MDB_val k = s_str_val (key), d;
+    int rc = mdb_get (self->txn, self->state, &k, &d);
+    if (rc == MDB_NOTFOUND) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    if (rc) {
+        return LLMQ_ERR_STORE;
+    }
+    *data = d.mv_data;
+    *len = d.mv_size;
+    return 0;
 }
 
 int

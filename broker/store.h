@@ -19,6 +19,7 @@
       expiry    expire_at|id -> idempotency key         result TTL
       idem      idempotency key -> id
       batches   batch -> counts;  batchjobs  batch\0id -> ""
+      state     name -> blob                           the router's snapshots
 */
 #ifndef LLMQ_STORE_H
 #define LLMQ_STORE_H
@@ -142,6 +143,13 @@ int  llmq_store_cancel (llmq_store_t *self, uint64_t id, uint64_t now, int *was,
 
 /*  A job's state: the stored result if final, else its live state. */
 int  llmq_store_status (llmq_store_t *self, uint64_t id, llmq_result_t *out, llmq_arena_t *arena);
+
+/*  Small named records kept with the queue (the router's snapshots).
+    Put: in the current write transaction. Get: inside a transaction too
+    (llmq_store_begin first); *data is valid until it ends. Returns 0,
+    LLMQ_ERR_NOT_FOUND or LLMQ_ERR_STORE. */
+int  llmq_store_state_put (llmq_store_t *self, const char *key, const void *data, size_t len);
+int  llmq_store_state_get (llmq_store_t *self, const char *key, const void **data, size_t *len);
 
 /*  Up to `limit` final results of a batch with id > after, in id order.
     *more is true if the batch has jobs beyond the last one returned. */

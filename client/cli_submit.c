@@ -453,7 +453,7 @@ s_print_result (const llmq_result *r)
         printf ("latency:      %.3f s\n", (double) r->latency_us / 1e6);
     }
     if (r->deployment) {
-        printf ("deployment:   %s\n", r->deployment);
+        printf ("deployment:   %s%s\n", r->deployment, r->degraded ? " (degraded: the fallback group served it)" : "");
     }
     if (r->request_id) {
         printf ("request id:   %s\n", r->request_id);

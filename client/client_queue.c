@@ -62,6 +62,7 @@ client_result_new (const llmq_result_t *r)
     res->custom_id = s_pack (&cursor, r->custom_id);
     res->tool_calls = s_pack (&cursor, r->tool_calls);
     res->error_class = r->error_class;
+    res->degraded = r->degraded;
     res->priority = r->priority;
     res->http_status = r->http_status;
     res->attempts = r->attempts;

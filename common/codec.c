@@ -132,6 +132,8 @@ llmq_cmd_name (int cmd)
         case LLMQ_CMD_FETCH:     return "FETCH";
         case LLMQ_CMD_STATS:     return "STATS";
         case LLMQ_CMD_PING:      return "PING";
+        case LLMQ_CMD_ADMIN:     return "ADMIN";
+        case LLMQ_CMD_ADMIN_REP: return "ADMIN_REP";
         case LLMQ_CMD_ACCEPTED:  return "ACCEPTED";
         case LLMQ_CMD_REJECTED:  return "REJECTED";
         case LLMQ_CMD_CHUNK:     return "CHUNK";
@@ -305,6 +307,7 @@ s_encode_result (const llmq_result_t *r, llmq_buf_t *out)
     s_put_s (&m, "batch", r->batch_id);
     s_put_s (&m, "cid", r->custom_id);
     s_put_s (&m, "tools", r->tool_calls);
+    s_put_b (&m, "degr", r->degraded);
     s_put_u (&m, "class", r->error_class);
     s_put_u (&m, "prio", r->priority);
     s_put_u (&m, "http", r->http_status);
@@ -546,6 +549,7 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_S ("batch", r->batch_id);
         GET_S ("cid", r->custom_id);
         GET_S ("tools", r->tool_calls);
+        GET_B ("degr", r->degraded);
         GET_U ("class", r->error_class, 255);
         GET_U ("prio", r->priority, 3);
         GET_U ("http", r->http_status, 999);
@@ -709,6 +713,8 @@ s_required (int cmd)
         case LLMQ_CMD_RESULT:    return F_RESULTS;
         case LLMQ_CMD_REPLY:     return 0;
         case LLMQ_CMD_STATS_REP: return F_JSON;
+        case LLMQ_CMD_ADMIN:     return F_JSON;
+        case LLMQ_CMD_ADMIN_REP: return F_JSON;
         case LLMQ_CMD_ERROR:     return F_CODE;
         case LLMQ_CMD_DONE:      return F_ID | F_LEASE | F_RESULTS;
         case LLMQ_CMD_FAILED:    return F_ID | F_LEASE | F_RESULTS;

@@ -44,6 +44,7 @@ typedef enum {
     LLMQ_CMD_FETCH      = 0x05,   /* batch, after, limit                    -> RESULTS */
     LLMQ_CMD_STATS      = 0x06,   /*                                        -> STATS */
     LLMQ_CMD_PING       = 0x07,   /*                                        -> PONG */
+    LLMQ_CMD_ADMIN      = 0x08,   /* json: {"op":..., ...} (docs/protocol.md) -> ADMIN_REP | REJECTED */
     /* broker -> client */
     LLMQ_CMD_ACCEPTED   = 0x41,   /* corr, ids[] (dup[i] via flags: see `dups`) */
     LLMQ_CMD_REJECTED   = 0x42,   /* corr, code, reason, retry_after_ms, index */
@@ -54,6 +55,7 @@ typedef enum {
     LLMQ_CMD_STATS_REP  = 0x47,   /* corr, json */
     LLMQ_CMD_PONG       = 0x48,   /* corr */
     LLMQ_CMD_RESET      = 0x49,   /* id, reason: a restartable stream starts over */
+    LLMQ_CMD_ADMIN_REP  = 0x4A,   /* corr, json */
     LLMQ_CMD_ERROR      = 0x4F,   /* code, reason: protocol error, to any peer */
     /* worker -> broker */
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
@@ -129,6 +131,7 @@ typedef struct {
     const char *tool_calls;     /* JSON text, OpenAI's shape: [{"id","type":"function",
                                    "function":{"name","arguments"}}]; NULL when none */
     uint8_t  error_class;       /* llmq_error_class */
+    bool     degraded;          /* served by its group's fallback group */
     uint8_t  priority;
     uint16_t http_status;       /* provider HTTP status of the last attempt */
     uint32_t attempts;          /* dispatches it took */

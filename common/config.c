@@ -25,11 +25,14 @@
 #include <ini.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define S_KIB     (UINT64_C (1) << 10)
 #define S_MIB     (UINT64_C (1) << 20)
@@ -74,7 +77,11 @@ typedef enum {
     S_URL,                  /* char *: http:// or https:// */
     S_ENVNAMES,             /* api_key_env: NAME, NAME... of environment variables */
     S_KEYFILES,             /* api_key_file: PATH, PATH... of key files */
-    S_NAMES                 /* llmq_group_t deployments: NAME, NAME... */
+    S_CAFILES,              /* ca_file, ca_path: a path, joined to the config's
+                               directory when relative; its line kept */
+    S_NAMES,                /* llmq_group_t deployments: NAME, NAME... */
+    S_PRICE,                /* double: a decimal number >= 0, e.g. 0.15 */
+    S_STRATEGY              /* char *: a balancing strategy */
 } s_type_t;
 
 typedef struct {
@@ -122,12 +129,39 @@ static const s_key_t s_keys[] = {
     { S_DEPLOYMENT, "stall_timeout", S_DURATION, offsetof (llmq_deployment_t, stall_timeout_ms), 0, S_HOUR },
     { S_DEPLOYMENT, "max_prompt_chars", S_COUNT, offsetof (llmq_deployment_t, max_prompt_chars), 1, 100000000 },
     { S_DEPLOYMENT, "strip_special_tokens", S_BOOL, offsetof (llmq_deployment_t, strip_special_tokens), 0, 0 },
+    { S_DEPLOYMENT, "ca_file", S_CAFILES, offsetof (llmq_deployment_t, ca_file), 0, 0 },
+    { S_DEPLOYMENT, "ca_path", S_CAFILES, offsetof (llmq_deployment_t, ca_path), 0, 0 },
+    { S_DEPLOYMENT, "tls_verify", S_BOOL, offsetof (llmq_deployment_t, tls_verify), 0, 0 },
+    { S_DEPLOYMENT, "rpm", S_COUNT, offsetof (llmq_deployment_t, rpm), 1, 100000000 },
+    { S_DEPLOYMENT, "tpm", S_COUNT, offsetof (llmq_deployment_t, tpm), 1, 4000000000u },
+    { S_DEPLOYMENT, "rate_window", S_DURATION, offsetof (llmq_deployment_t, rate_window_ms), 100, S_DAY },
+    { S_DEPLOYMENT, "rate_margin", S_DURATION, offsetof (llmq_deployment_t, rate_margin_ms), 0, S_HOUR },
+    { S_DEPLOYMENT, "max_concurrent", S_COUNT, offsetof (llmq_deployment_t, max_concurrent), 1, 1000000 },
+    { S_DEPLOYMENT, "weight", S_COUNT, offsetof (llmq_deployment_t, weight), 1, 1000000 },
+    { S_DEPLOYMENT, "order", S_COUNT, offsetof (llmq_deployment_t, order), 0, 1000000 },
+    { S_DEPLOYMENT, "price_input", S_PRICE, offsetof (llmq_deployment_t, price_input), 0, 0 },
+    { S_DEPLOYMENT, "price_output", S_PRICE, offsetof (llmq_deployment_t, price_output), 0, 0 },
+    { S_DEPLOYMENT, "breaker_failures", S_COUNT, offsetof (llmq_deployment_t, breaker_failures), 1, 1000000 },
+    { S_DEPLOYMENT, "breaker_failure_pct", S_COUNT, offsetof (llmq_deployment_t, breaker_failure_pct), 1, 100 },
+    { S_DEPLOYMENT, "breaker_min_calls", S_COUNT, offsetof (llmq_deployment_t, breaker_min_calls), 1, 1000000 },
+    { S_DEPLOYMENT, "breaker_window", S_DURATION, offsetof (llmq_deployment_t, breaker_window_ms), 100, S_DAY },
+    { S_DEPLOYMENT, "breaker_open", S_DURATION, offsetof (llmq_deployment_t, breaker_open_ms), 10, S_DAY },
+    { S_DEPLOYMENT, "breaker_probes", S_COUNT, offsetof (llmq_deployment_t, breaker_probes), 1, 1000 },
+    { S_DEPLOYMENT, "breaker_successes", S_COUNT, offsetof (llmq_deployment_t, breaker_successes), 1, 1000 },
+    { S_DEPLOYMENT, "adaptive_timeout", S_BOOL, offsetof (llmq_deployment_t, adaptive_timeout), 0, 0 },
+    { S_DEPLOYMENT, "timeout_min", S_DURATION, offsetof (llmq_deployment_t, timeout_min_ms), 1, S_DAY },
+    { S_DEPLOYMENT, "retry_budget", S_COUNT, offsetof (llmq_deployment_t, retry_budget_pct), 0, 100 },
+    { S_DEPLOYMENT, "retry_budget_min", S_COUNT, offsetof (llmq_deployment_t, retry_budget_min), 0, 1000000 },
     { S_GROUP, "deployments", S_NAMES, offsetof (llmq_group_t, deployments), 0, 0 },
+    { S_GROUP, "strategy", S_STRATEGY, offsetof (llmq_group_t, strategy), 0, 0 },
+    { S_GROUP, "fallback", S_TEXT, offsetof (llmq_group_t, fallback), 0, 0 },
 };
 #define S_NKEYS (sizeof s_keys / sizeof s_keys[0])
 
 static const char *s_levels[] = { "error", "warn", "info", "debug" };
 static const char *s_providers[] = { "openai", "azure", "anthropic", "gemini", "echo" };
+static const char *s_strategies[] = { "order", "round_robin", "weighted", "least_in_flight",
+                                      "lowest_latency", "cheapest" };
 
 /*  Where each section and key was seen, for duplicate checks and for
     errors found after the whole file is read. 0 means "not in the file". */
@@ -514,6 +548,19 @@ s_add_deployment (s_ctx_t *ctx, const char *name)
     deployments[n].timeout_ms = 60 * S_SECOND;
     deployments[n].connect_timeout_ms = 5 * S_SECOND;
     deployments[n].stall_timeout_ms = 30 * S_SECOND;
+    deployments[n].tls_verify = true;
+    deployments[n].rate_window_ms = 60 * S_SECOND;
+    deployments[n].weight = 1;
+    deployments[n].breaker_failures = 5;
+    deployments[n].breaker_min_calls = 5;
+    deployments[n].breaker_window_ms = 60 * S_SECOND;
+    deployments[n].breaker_open_ms = 60 * S_SECOND;
+    deployments[n].breaker_probes = 1;
+    deployments[n].breaker_successes = 2;
+    deployments[n].adaptive_timeout = true;
+    deployments[n].timeout_min_ms = 10 * S_SECOND;
+    deployments[n].retry_budget_pct = 20;
+    deployments[n].retry_budget_min = 10;
     lines[n].header = ctx->line;
     config->ndeployments = n + 1;
     ctx->index = n;
@@ -744,14 +791,15 @@ s_strings_free (char **list, size_t n)
     free (list);
 }
 
-static int
-s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+/*  A file path from the file: kept if absolute, else joined to the config
+    file's directory, so that the worker finds it whatever its working
+    directory. Returns a new string, or NULL when out of memory. */
+static char *
+s_config_relative (const s_ctx_t *ctx, const char *item)
 {
-    bool files = key->type == S_KEYFILES;
-    char ***list = files ? &dep->api_key_files : &dep->api_key_envs;
-    size_t *count = files ? &dep->napi_key_files : &dep->napi_key_envs;
-    size_t others = files ? dep->napi_key_envs : dep->napi_key_files;
-    /*  The directory relative paths start from: the config file's. */
+    if (*item == '/') {
+        return s_strdup (item);
+    }
     const char *path = ctx->config->path;
     const char *slash = strrchr (path, '/');
     int dirlen = slash ? (int) (slash - path) : 1;
@@ -759,6 +807,20 @@ s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const 
     if (slash == path) {
         dirlen = 0;             //  "/llmq.conf": "" + "/" + name
     }
+    char *entry = NULL;
+    if (asprintf (&entry, "%.*s/%s", dirlen, dir, item) < 0) {
+        entry = NULL;
+    }
+    return entry;
+}
+
+static int
+s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+{
+    bool files = key->type == S_KEYFILES;
+    char ***list = files ? &dep->api_key_files : &dep->api_key_envs;
+    size_t *count = files ? &dep->napi_key_files : &dep->napi_key_envs;
+    size_t others = files ? dep->napi_key_envs : dep->napi_key_files;
     char *copy = s_strdup (value);
     if (!copy) {
         return s_fail (ctx, ctx->line, "out of memory");
@@ -800,14 +862,8 @@ s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const 
                          "the key, not the key itself (value not shown)",
                          ctx->label, key->key);
         }
-        else
-        if (files && *item != '/') {
-            if (asprintf (&entry, "%.*s/%s", dirlen, dir, item) < 0) {
-                entry = NULL;
-            }
-        }
         else {
-            entry = s_strdup (item);
+            entry = files ? s_config_relative (ctx, item) : s_strdup (item);
         }
         for (size_t i = 0; rc == 0 && entry && i < n; i++) {
             if (strcmp (items[i], entry) == 0) {
@@ -844,6 +900,27 @@ s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const 
     else {
         dep->api_key_env = items[0];     //  borrowed from the list
     }
+    return 0;
+}
+
+/*  ca_file = PATH or ca_path = DIR. Only the syntax is checked here: the
+    broker reads this file too and never opens them (see
+    llmq_config_check_ca). */
+static int
+s_set_ca (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+{
+    if (s_has_control (value) || strlen (value) >= S_PATH_MAX) {
+        return s_fail_value (ctx, key, value, "expected a path");
+    }
+    bool file = strcmp (key->key, "ca_file") == 0;
+    char *path = s_config_relative (ctx, value);
+    if (!path) {
+        return s_fail (ctx, ctx->line, "out of memory");
+    }
+    char **slot = file ? &dep->ca_file : &dep->ca_path;
+    free (*slot);
+    *slot = path;
+    *(file ? &dep->ca_file_line : &dep->ca_path_line) = ctx->line;
     return 0;
 }
 
@@ -956,8 +1033,25 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
         case S_ENVNAMES:
         case S_KEYFILES:
             return s_set_key_list (ctx, key, base, value);
+        case S_CAFILES:
+            return s_set_ca (ctx, key, base, value);
         case S_NAMES:
             return s_set_names (ctx, key, base, value);
+        case S_PRICE: {
+            char *end = NULL;
+            errno = 0;
+            double v = strtod (value, &end);
+            if (errno || end == value || *end || !(v >= 0) || v > 1e9 || strpbrk (value, "xXpPnNiI")) {
+                return s_fail_value (ctx, key, value, "expected a decimal number >= 0, such as 0.15");
+            }
+            *(double *) slot = v;
+            return 0;
+        }
+        case S_STRATEGY:
+            return s_set_word (ctx, key, slot, value, s_strategies,
+                               sizeof s_strategies / sizeof s_strategies[0],
+                               "order, round_robin, weighted, least_in_flight, lowest_latency "
+                               "or cheapest");
     }
     return s_fail (ctx, ctx->line, "[%s] %s: internal error: no parser", ctx->label, key->key);
 }
@@ -1168,6 +1262,15 @@ s_check (s_ctx_t *ctx)
                                group->name, group->deployments[j], group->deployments[j]);
             }
         }
+        int fb = s_key_index (S_GROUP, "fallback");
+        if (group->fallback && (!llmq_config_group (config, group->fallback)
+                                || strcmp (group->fallback, group->name) == 0)) {
+            return s_fail (ctx, ctx->grp_lines[i].key[fb],
+                           strcmp (group->fallback, group->name) == 0
+                           ? "[group %s] fallback: a group cannot fall back to itself ('%s'%.0s)"
+                           : "[group %s] fallback: no group named '%s' (expected a [group %s] section)",
+                           group->name, group->fallback, group->fallback);
+        }
     }
     if (s_check_order (ctx, S_BROKER, "map_size", "max_map_size", "") != 0
     ||  s_check_order (ctx, S_BROKER, "retry_backoff", "retry_backoff_max", "") != 0) {
@@ -1309,15 +1412,99 @@ llmq_config_destroy (llmq_config_t **self_p)
         free (deployment->base_url);
         s_strings_free (deployment->api_key_envs, deployment->napi_key_envs);
         s_strings_free (deployment->api_key_files, deployment->napi_key_files);
+        free (deployment->ca_file);
+        free (deployment->ca_path);
     }
     free (self->deployments);
     for (size_t i = 0; i < self->ngroups; i++) {
         free (self->groups[i].name);
+        free (self->groups[i].strategy);
+        free (self->groups[i].fallback);
         s_group_clear (&self->groups[i]);
     }
     free (self->groups);
     free (self);
     *self_p = NULL;
+}
+
+/*  Whether `path` is a regular file we can read holding at least one PEM
+    certificate (a bundle may start with comments). NULL, or why not. */
+static const char *
+s_ca_file_problem (const char *path)
+{
+    int fd = open (path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return strerror (errno);
+    }
+    const char *why = NULL;
+    struct stat st;
+    if (fstat (fd, &st) != 0) {
+        why = strerror (errno);
+    }
+    else
+    if (!S_ISREG (st.st_mode)) {
+        why = S_ISDIR (st.st_mode) ? "a directory, not a file (a directory of hashed "
+              "certificates goes in ca_path)" : "not a regular file";
+    }
+    else
+    if (st.st_size > 64 * (off_t) S_MIB) {
+        why = "over 64 MiB: not a CA bundle";
+    }
+    else {
+        char *text = malloc ((size_t) st.st_size + 1);
+        ssize_t got = text ? read (fd, text, (size_t) st.st_size) : -1;
+        if (got < 0) {
+            why = text ? strerror (errno) : "out of memory";
+        }
+        else {
+            text[got] = '\0';
+            if (!strstr (text, "-----BEGIN CERTIFICATE-----")) {
+                why = "no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)";
+            }
+        }
+        free (text);
+    }
+    close (fd);
+    return why;
+}
+
+int
+llmq_config_check_ca (const llmq_config_t *self, const llmq_deployment_t *dep,
+                      char *err, size_t errlen)
+{
+    const char *file = self && self->path ? self->path : "config";
+    const char *why = NULL;
+    const char *key = "ca_file";
+    const char *path = dep->ca_file;
+    int line = dep->ca_file_line;
+    if (dep->ca_file) {
+        why = s_ca_file_problem (dep->ca_file);
+    }
+    if (!why && dep->ca_path) {
+        key = "ca_path";
+        path = dep->ca_path;
+        line = dep->ca_path_line;
+        struct stat st;
+        if (stat (dep->ca_path, &st) != 0) {
+            why = strerror (errno);
+        }
+        else
+        if (!S_ISDIR (st.st_mode)) {
+            why = "not a directory (a PEM bundle goes in ca_file)";
+        }
+        else
+        if (access (dep->ca_path, R_OK | X_OK) != 0) {
+            why = strerror (errno);
+        }
+    }
+    if (!why) {
+        return 0;
+    }
+    if (err && errlen) {
+        snprintf (err, errlen, "%s:%d: [deployment %s] %s: cannot use %s: %s",
+                  file, line, dep->name, key, path, why);
+    }
+    return -1;
 }
 
 const llmq_deployment_t *

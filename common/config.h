@@ -49,12 +49,51 @@ typedef struct {
                                    as a timeout (default 30 s; 0: off) */
     uint32_t max_prompt_chars;  /* input policy: refuse longer prompts (0: off) */
     bool     strip_special_tokens; /* input policy: remove <|...|>, [INST]... (off) */
+    char    *ca_file;           /* PEM bundle of the CAs to trust (CURLOPT_CAINFO), or
+                                   NULL; a relative path is joined to the config
+                                   file's directory at load */
+    char    *ca_path;           /* directory of hashed CA certificates (CURLOPT_CAPATH),
+                                   or NULL; joined the same way. With either set only
+                                   these CAs are trusted, else the system's */
+    int      ca_file_line;      /* lines of ca_file and ca_path in the file (0: not */
+    int      ca_path_line;      /* set), for the worker's error about a bad path */
+    bool     tls_verify;        /* check the provider's certificate and host name
+                                   (default true; false: the worker warns at start) */
+    /* Limits, held by the broker for the whole fleet (0: none). */
+    uint32_t rpm;               /* requests per rate_window */
+    uint32_t tpm;               /* tokens per rate_window (estimated at dispatch,
+                                   corrected by the usage reported) */
+    uint64_t rate_window_ms;    /* default 60 s */
+    uint64_t rate_margin_ms;    /* the window is held this much longer (0) */
+    uint32_t max_concurrent;    /* calls at once */
+    /* Balancing inside a group. */
+    uint32_t weight;            /* weighted strategy (default 1) */
+    uint32_t order;             /* order strategy: lower first (default 0) */
+    double   price_input;       /* USD per 1M prompt tokens (0) */
+    double   price_output;      /* USD per 1M completion tokens (0) */
+    /* Circuit breaker. */
+    uint32_t breaker_failures;  /* failures in the window that open it (5) */
+    uint32_t breaker_failure_pct; /* or this % of the window's calls (0: off) */
+    uint32_t breaker_min_calls; /* calls in the window before it may open (5) */
+    uint64_t breaker_window_ms; /* rolling window (60 s) */
+    uint64_t breaker_open_ms;   /* open for (60 s) */
+    uint32_t breaker_probes;    /* calls let through at once when half-open (1) */
+    uint32_t breaker_successes; /* probe successes that close it (2) */
+    /* Timeouts: adaptive p95 x 1.5 in [timeout_min, timeout]. */
+    bool     adaptive_timeout;  /* default true */
+    uint64_t timeout_min_ms;    /* default 10 s (or timeout, if smaller) */
+    /* Retries. */
+    uint32_t retry_budget_pct;  /* retries <= this % of calls per minute (20) */
+    uint32_t retry_budget_min;  /* retries always allowed per minute (10) */
 } llmq_deployment_t;
 
 typedef struct {
     char    *name;              /* [group NAME]: the model name clients submit to */
     char   **deployments;       /* names, in order */
     size_t   ndeployments;
+    char    *strategy;          /* order, round_robin (default), weighted,
+                                   least_in_flight, lowest_latency, cheapest */
+    char    *fallback;          /* group to use when none of ours can serve, or NULL */
 } llmq_group_t;
 
 typedef struct {
@@ -98,6 +137,15 @@ llmq_config_t *llmq_config_new (void);
 llmq_config_t *llmq_config_load (const char *path, char *err, size_t errlen);
 /*  Free the config and set *self_p to NULL; safe on NULL and twice. */
 void llmq_config_destroy (llmq_config_t **self_p);
+
+/*  Whether the deployment's CA files can be used: ca_file a readable
+    regular file holding at least one PEM certificate, ca_path a directory
+    that can be searched. The loader does not look (the broker reads the
+    same file and never needs them); the worker asks at start. Returns 0
+    (also when neither is set), or -1 with "FILE:LINE: [deployment NAME]
+    ca_file: cannot use PATH: WHY" in `err` (may be NULL; cut to errlen). */
+int llmq_config_check_ca (const llmq_config_t *self, const llmq_deployment_t *dep,
+                          char *err, size_t errlen);
 
 /*  Look a deployment or group up by name; NULL if there is none. The
     pointer is borrowed and valid until the config is destroyed. */

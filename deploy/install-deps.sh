@@ -9,6 +9,9 @@ PKGS=(
   libmsgpack-dev               # wire codec (msgpack-c)
   liblmdb-dev lmdb-utils       # durable queue store; mdb_copy/mdb_stat for operators
   libcurl4-openssl-dev         # provider HTTP calls (multi interface, HTTP/2, TLS)
+  ca-certificates              # the system CAs the worker trusts by default (only a
+                               # Recommends of libcurl, which --no-install-recommends skips)
+  openssl                      # test_tls makes a throwaway CA and certificate with it
   libjansson-dev               # JSON for provider bodies, batch files, config values
   libinih-dev                  # config file parser (INI) with line numbers on errors
   libmicrohttpd-dev            # HTTP server for the mock provider (and the broker's HTTP side)

@@ -2,8 +2,9 @@
 
     Each slot owns one easy handle for its whole life. Options that never
     change (callbacks, share handle, HTTP version...) are set once; a new
-    call sets only URL, headers, body and timeouts, so starting a call costs
-    a JSON rebuild of the job body and a few setopt calls.
+    call sets only URL, headers, body, timeouts and its deployment's TLS
+    trust, so starting a call costs a JSON rebuild of the job body and a
+    few setopt calls.
 
     Response bodies: a 2xx answer to a streamed job that comes as
     text/event-stream goes through the SSE parser as it arrives, each
@@ -328,6 +329,63 @@ s_finish (llmq_call_t *c)
     s_release (c);
 }
 
+/*  Say at start what the deployments' TLS settings mean: a CA file or
+    directory that cannot be used stops the worker (its calls could only
+    fail), verification turned off is a warning. -1 after logging. */
+static int
+s_tls_check (llmq_worker_t *w)
+{
+    for (size_t i = 0; i < w->cfg->ndeployments; i++) {
+        const llmq_deployment_t *dep = &w->cfg->deployments[i];
+        char err[600];
+        if (llmq_config_check_ca (w->cfg, dep, err, sizeof err) != 0) {
+            llmq_error ("%s", err);
+            return -1;
+        }
+#if LIBCURL_VERSION_NUM < 0x075400
+        if (dep->ca_file || dep->ca_path) {
+            llmq_error ("deployment %s: ca_file and ca_path need libcurl 7.84 or later",
+                        dep->name);
+            return -1;
+        }
+#endif
+        if (!dep->tls_verify) {
+            llmq_warn ("deployment %s: tls_verify is off: the provider's certificate is "
+                       "not checked, so anyone on the path can read its calls and keys",
+                       dep->name);
+        }
+    }
+    return 0;
+}
+
+/*  The deployment's TLS trust, set on each transfer since a slot serves
+    every deployment in turn. With ca_file or ca_path only those CAs are
+    trusted; with neither, libcurl's built-in defaults (the system's
+    bundle and directory): CURLINFO_CAINFO/CAPATH give those whatever the
+    handle was last set to. curl compares these settings before it reuses
+    a pooled connection or a TLS session, so deployments with different
+    trust never share one. */
+static void
+s_tls_options (CURL *e, const llmq_deployment_t *dep)
+{
+    const char *file = dep->ca_file;
+    const char *dir = dep->ca_path;
+#if LIBCURL_VERSION_NUM >= 0x075400
+    if (!file && !dir) {
+        char *builtin = NULL;
+        curl_easy_getinfo (e, CURLINFO_CAINFO, &builtin);
+        file = builtin;
+        builtin = NULL;
+        curl_easy_getinfo (e, CURLINFO_CAPATH, &builtin);
+        dir = builtin;
+    }
+    curl_easy_setopt (e, CURLOPT_CAINFO, file);
+    curl_easy_setopt (e, CURLOPT_CAPATH, dir);
+#endif
+    curl_easy_setopt (e, CURLOPT_SSL_VERIFYPEER, dep->tls_verify ? 1L : 0L);
+    curl_easy_setopt (e, CURLOPT_SSL_VERIFYHOST, dep->tls_verify ? 2L : 0L);
+}
+
 int
 llmq_calls_init (llmq_worker_t *w, uint32_t slots)
 {
@@ -340,7 +398,7 @@ llmq_calls_init (llmq_worker_t *w, uint32_t slots)
     w->fds = calloc (w->fds_cap, sizeof *w->fds);
     size_t ndeps = w->cfg->ndeployments ? w->cfg->ndeployments : 1;
     w->deps = calloc (ndeps, sizeof *w->deps);
-    if (!w->multi || !w->share || !w->calls || !w->fds || !w->deps) {
+    if (!w->multi || !w->share || !w->calls || !w->fds || !w->deps || s_tls_check (w) != 0) {
         return -1;
     }
     for (size_t i = 0; i < w->cfg->ndeployments; i++) {
@@ -383,8 +441,9 @@ llmq_calls_init (llmq_worker_t *w, uint32_t slots)
         curl_easy_setopt (e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_2TLS);
         curl_easy_setopt (e, CURLOPT_PIPEWAIT, 1L);
         curl_easy_setopt (e, CURLOPT_TCP_KEEPALIVE, 1L);
-        curl_easy_setopt (e, CURLOPT_SSL_VERIFYPEER, 1L);
-        curl_easy_setopt (e, CURLOPT_SSL_VERIFYHOST, 2L);
+        /*  TLS verification: per deployment, in s_tls_options. Proxies:
+            no CURLOPT_PROXY here, so libcurl follows http_proxy,
+            https_proxy and no_proxy from the environment. */
         curl_easy_setopt (e, CURLOPT_USERAGENT, "llmq-worker/" LLMQ_WORKER_VERSION);
 #if LIBCURL_VERSION_NUM >= 0x075500
         curl_easy_setopt (e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -494,6 +553,7 @@ s_transfer (llmq_call_t *c)
     CURL *e = c->easy;
     curl_easy_setopt (e, CURLOPT_URL, c->stream && ep->stream_url ? ep->stream_url : ep->url);
     curl_easy_setopt (e, CURLOPT_HTTPHEADER, ep->headers);
+    s_tls_options (e, c->dep);
     CURLMcode mrc = curl_multi_add_handle (c->w->multi, e);
     if (mrc != CURLM_OK) {
         llmq_reply_fail (&c->reply, LLMQ_EC_INTERNAL, "cannot start the call: %s",

@@ -98,7 +98,7 @@ s_load_deployments (const llmq_config_t *cfg)
         }
         char err[600];
         rings[i] = llmq_keyring_load (dep, cfg->path, err, sizeof err);
-        if (!rings[i]) {
+        if (!rings[i] || llmq_config_check_ca (cfg, dep, err, sizeof err) != 0) {
             fprintf (stderr, "llmq-worker: %s\n", err);
             s_rings_destroy (rings, cfg->ndeployments);
             return NULL;

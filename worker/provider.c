@@ -310,6 +310,15 @@ llmq_transport_error_class (int curlcode, bool streamed)
         case CURLE_WRITE_ERROR:         /* our own write callback refused */
         case CURLE_ABORTED_BY_CALLBACK:
             return LLMQ_EC_INTERNAL;
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_ISSUER_ERROR:
+        case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        case CURLE_SSL_CRL_BADFILE:
+            /*  A certificate we do not trust is a configuration problem
+                (ca_file, ca_path), not a passing one: not retried. */
+            return LLMQ_EC_INTERNAL;
         case CURLE_TOO_MANY_REDIRECTS:
         case CURLE_BAD_CONTENT_ENCODING:
         case CURLE_WEIRD_SERVER_REPLY:

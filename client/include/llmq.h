@@ -170,6 +170,9 @@ typedef struct {
         answer has none. finish_reason is then "tool_calls" and content is
         often empty. Added after the fields above so their offsets hold. */
     const char *tool_calls;
+    /** Non-zero: every deployment of the job's group was unavailable and
+        its fallback group served it (`deployment` names which). */
+    int      degraded;
 } llmq_result;
 
 /** What llmq_next() returns. */

@@ -115,6 +115,10 @@ h_new (const char *extra_broker)
               "base_url = http://127.0.0.1:%d/v1\n"
               "api_key_env = LLMQ_TEST_KEY\n"
               "timeout = 30s\n"
+              /*  Suites fail this deployment on purpose, case after case:
+                  its breaker stays out of their way (test_chaos.c tests
+                  breakers with deployments of its own). */
+              "breaker_failures = 1000000\n"
               "\n[group echo]\n"
               "deployments = echo\n"
               "\n[group gpt]\n"
@@ -390,6 +394,32 @@ long
 h_mock_stat (harness_t *self, const char *key)
 {
     json_t *doc = s_http (self, "GET", "/mock/stats", NULL);
+    long v = doc ? s_json_path (doc, key) : -1;
+    json_decref (doc);
+    return v;
+}
+
+long
+h_mock_stat_tls (harness_t *self, const char *key, const char *ca_file)
+{
+    CURL *curl = curl_easy_init ();
+    if (!curl) {
+        return -1;
+    }
+    char url[256];
+    snprintf (url, sizeof url, "https://127.0.0.1:%d/mock/stats", self->mock_port);
+    json_t *text = NULL;
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_CAINFO, ca_file);
+    curl_easy_setopt (curl, CURLOPT_CAPATH, NULL);
+    curl_easy_setopt (curl, CURLOPT_PROXY, "");         /* loopback: never a proxy */
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_collect);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &text);
+    CURLcode rc = curl_easy_perform (curl);
+    curl_easy_cleanup (curl);
+    json_t *doc = rc == CURLE_OK && text ? json_loads (json_string_value (text), 0, NULL) : NULL;
+    json_decref (text);
     long v = doc ? s_json_path (doc, key) : -1;
     json_decref (doc);
     return v;

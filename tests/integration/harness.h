@@ -72,6 +72,10 @@ void h_backoff (void);
 long h_mock_stat (harness_t *self, const char *key);
 /*  Wait until the mock's counter `key` equals value, up to timeout_ms. */
 bool h_wait_mock_stat (harness_t *self, const char *key, long value, int timeout_ms);
+/*  h_mock_stat for a mock started with --tls-cert: over https, trusting
+    only the CA certificate(s) in `ca_file` (PEM). Each call opens one new
+    connection to the mock, counted in its "connections". -1 on error. */
+long h_mock_stat_tls (harness_t *self, const char *key, const char *ca_file);
 /*  POST a JSON body to a mock control path, e.g. "/mock/faults". */
 int  h_mock_post (harness_t *self, const char *path, const char *json);
 

@@ -24,9 +24,15 @@
       block, stop_reason "tool_use"; streamed, its content_block_start
       carries the id, the name and an empty input, and the input's JSON
       text follows in input_json_delta pieces.
-
-    Not simulated: the x-api-key and anthropic-version headers are not
-    checked (the dialect interface passes no request headers).
+    * Headers are checked before the body, as the real API does: no
+      x-api-key (nor an Authorization header, which the API takes for
+      OAuth tokens) is 401 authentication_error "x-api-key header is
+      required"; no anthropic-version is 400 invalid_request_error
+      "anthropic-version: header is required". The version's value and
+      the key's are not checked (--reject-key refuses chosen keys).
+    * A stream that fails mid-way (error_after) ends with the documented
+      "event: error" carrying {"type":"error","error":{"type":
+      "overloaded_error","message":"Overloaded"}}, and nothing after it.
 */
 #include "mock_anthropic.h"
 
@@ -47,6 +53,26 @@ s_match (const char *url)
 {
     return strcmp (url, "/v1/messages") == 0
         || strcmp (url, "/messages") == 0;
+}
+
+static int
+s_check (mock_request_header_fn *get, void *ctx, mock_error_t *err)
+{
+    const char *key = get (ctx, "x-api-key");
+    const char *authorization = get (ctx, "Authorization");
+    if ((!key || !*key) && (!authorization || !*authorization)) {
+        err->status = 401;
+        snprintf (err->message, sizeof (err->message), "x-api-key header is required");
+        return -1;
+    }
+    const char *version = get (ctx, "anthropic-version");
+    if (!version || !*version) {
+        err->status = 400;
+        snprintf (err->message, sizeof (err->message),
+                  "anthropic-version: header is required");
+        return -1;
+    }
+    return 0;
 }
 
 //  Fill err with a 400 invalid_request_error
@@ -451,6 +477,12 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
         case MOCK_EVENT_DONE:
             rc = s_sse (out, "message_stop", json_pack ("{s:s}", "type", "message_stop"));
             break;
+        case MOCK_EVENT_ERROR:
+            //  The documented mid-stream failure: an "error" event with
+            //  the error body of a 529, and nothing after it
+            rc = s_sse (out, "error", json_pack ("{s:s, s:{s:s, s:s}}", "type", "error",
+                    "error", "type", "overloaded_error", "message", "Overloaded"));
+            break;
     }
     if (rc != 0) {
         free (*out);
@@ -567,6 +599,7 @@ s_headers (const mock_reply_info_t *info, mock_header_fn *add, void *ctx)
 const mock_dialect_t mock_anthropic_dialect = {
     .name = "anthropic",
     .match = s_match,
+    .check = s_check,
     .parse = s_parse,
     .reply = s_reply,
     .event = s_event,

@@ -101,6 +101,10 @@ s_parse_kind (json_t *kind, mock_plan_t *plan)
             plan->fault = MOCK_FAULT_DROP_AFTER;
             return 0;
         }
+        if (strcmp (name, "error_after") == 0) {
+            plan->fault = MOCK_FAULT_ERROR_AFTER;
+            return 0;
+        }
         if (strcmp (name, "malformed") == 0) {
             plan->fault = MOCK_FAULT_MALFORMED;
             return 0;
@@ -135,8 +139,8 @@ s_faults_post (mock_server_t *server, struct MHD_Connection *conn,
     int after = 0;
     if (s_parse_kind (json_object_get (root, "kind"), &plan) != 0) {
         return s_send_error (conn, 400, "'kind' must be an HTTP status "
-            "(100-599), \"quota\", \"hang\", \"drop\", \"drop_after\" or "
-            "\"malformed\"");
+            "(100-599), \"quota\", \"hang\", \"drop\", \"drop_after\", "
+            "\"error_after\" or \"malformed\"");
     }
     if (s_get_int (root, "count", -1, 1000000000, &count) != 0 || count == 0) {
         return s_send_error (conn, 400, "'count' must be a positive integer or -1");
@@ -149,6 +153,9 @@ s_faults_post (mock_server_t *server, struct MHD_Connection *conn,
     }
     if (plan.fault == MOCK_FAULT_DROP_AFTER) {
         plan.drop_after = after;
+    }
+    if (plan.fault == MOCK_FAULT_ERROR_AFTER) {
+        plan.error_after = after;
     }
     if (mock_faults_push (server->faults, &plan, count) != 0) {
         return MHD_NO;

@@ -25,13 +25,18 @@
 #include "mock_chat.h"
 
 /*  The moments of a stream. A dialect turns each into zero or more SSE
-    events (Anthropic, for one, sends several events at START). */
+    events (Anthropic, for one, sends several events at START). A regular
+    stream goes START, DELTA per piece, FINISH, USAGE, DONE; the
+    error_after fault ends it with ERROR instead, after START and some
+    DELTAs (the order of the values is the regular order). */
 typedef enum {
     MOCK_EVENT_START,       /* stream opens; nothing of the reply yet */
     MOCK_EVENT_DELTA,       /* one piece of the reply text */
     MOCK_EVENT_FINISH,      /* the reply is complete; carries finish_reason */
     MOCK_EVENT_USAGE,       /* token counts (dialect decides if and how) */
-    MOCK_EVENT_DONE         /* end-of-stream marker */
+    MOCK_EVENT_DONE,        /* end-of-stream marker */
+    MOCK_EVENT_ERROR        /* the provider's mid-stream error event (a server
+                               error or overload); the stream ends after it */
 } mock_event_t;
 
 /*  An error to render. Empty strings mean "use the dialect's default for
@@ -58,11 +63,22 @@ typedef struct {
 /*  Adds one response header; ctx is the plumbing's. */
 typedef void (mock_header_fn) (void *ctx, const char *name, const char *value);
 
+/*  Looks up one request header by name (case-insensitive); returns the
+    value (borrowed, valid during the call that was given the function),
+    or NULL when the request did not send it. ctx is the plumbing's. */
+typedef const char *(mock_request_header_fn) (void *ctx, const char *name);
+
 typedef struct {
     const char *name;       /* "openai", ... for logs and the README */
 
     /*  True if this dialect serves the URL path (no query string). */
     bool (*match) (const char *url);
+
+    /*  Optional (NULL: no checks). Check the request's headers the way the
+        provider does before it reads the body (its API key header, a
+        required version header). On a refusal fill err (status and message)
+        and return -1; else return 0. `get` reads one request header. */
+    int (*check) (mock_request_header_fn *get, void *ctx, mock_error_t *err);
 
     /*  Parse a request body into chat. On a request the real provider
         would refuse, fill err (status and the dialect's message, param,
@@ -74,8 +90,10 @@ typedef struct {
     char *(*reply) (const mock_chat_t *chat);
 
     /*  The SSE text for one moment of the stream (for MOCK_EVENT_DELTA,
-        piece `piece` of the reply). Sets *out to NULL when the dialect
-        sends nothing at that moment. Returns 0, or -1 if out of memory. */
+        piece `piece` of the reply; for MOCK_EVENT_ERROR, the error event
+        the provider sends when it fails mid-stream). Sets *out to NULL when
+        the dialect sends nothing at that moment. Returns 0, or -1 if out of
+        memory. */
     int (*event) (const mock_chat_t *chat, mock_event_t event, size_t piece,
                   char **out);
 

@@ -22,6 +22,7 @@ mock_plan_clear (mock_plan_t *plan)
     plan->status = -1;
     plan->retry_after_s = -1;
     plan->drop_after = -1;
+    plan->error_after = -1;
     plan->latency_ms = -1;
     plan->chunk_delay_ms = -1;
     plan->chunks = -1;
@@ -41,6 +42,9 @@ mock_plan_merge (mock_plan_t *dst, const mock_plan_t *src)
     }
     if (src->drop_after >= 0) {
         dst->drop_after = src->drop_after;
+    }
+    if (src->error_after >= 0) {
+        dst->error_after = src->error_after;
     }
     if (src->latency_ms >= 0) {
         dst->latency_ms = src->latency_ms;
@@ -69,6 +73,7 @@ mock_fault_name (mock_fault_t fault)
         case MOCK_FAULT_HANG:       return "hang";
         case MOCK_FAULT_DROP:       return "drop";
         case MOCK_FAULT_DROP_AFTER: return "drop_after";
+        case MOCK_FAULT_ERROR_AFTER: return "error_after";
         case MOCK_FAULT_MALFORMED:  return "malformed";
     }
     return "unknown";
@@ -168,6 +173,13 @@ s_apply_item (const char *item, size_t len, mock_plan_t *plan)
         }
     }
     else
+    if (s_key_is (item, key_len, "error_after")) {
+        if (s_parse_int (value, value_len, 0, MOCK_CHUNKS_MAX, &n) == 0) {
+            plan->fault = MOCK_FAULT_ERROR_AFTER;
+            plan->error_after = n;
+        }
+    }
+    else
     if (s_key_is (item, key_len, "hang")) {
         plan->fault = MOCK_FAULT_HANG;
     }
@@ -250,7 +262,7 @@ mock_directives_strip (const char *text, size_t len, mock_plan_t *plan,
 
 typedef struct s_entry_t {
     struct s_entry_t *next;
-    mock_plan_t fault;          //  only fault/status/retry_after_s/drop_after
+    mock_plan_t fault;          //  only fault/status/retry_after_s/drop_after/error_after
     int remaining;              //  requests left; -1 = until cleared
 } s_entry_t;
 
@@ -305,6 +317,7 @@ mock_faults_push (mock_faults_t *self, const mock_plan_t *fault, int count)
     entry->fault.status = fault->status;
     entry->fault.retry_after_s = fault->retry_after_s;
     entry->fault.drop_after = fault->drop_after;
+    entry->fault.error_after = fault->error_after;
     entry->remaining = count;
 
     pthread_mutex_lock (&self->mutex);

@@ -11,9 +11,9 @@
         [[mock:ITEM]]  or  [[mock:ITEM,ITEM,...]]
         ITEM = KEY | KEY=VALUE
     Known keys: fail=STATUS|quota, retry_after=S, latency=MS, chunk_delay=MS,
-    chunks=N, hang, drop, drop_after=K, malformed. Unknown keys and bad
-    values are ignored (the text is still removed): the mock must never
-    refuse a request because a test misspelt a directive.
+    chunks=N, hang, drop, drop_after=K, error_after=K, malformed. Unknown
+    keys and bad values are ignored (the text is still removed): the mock
+    must never refuse a request because a test misspelt a directive.
 */
 #ifndef MOCK_FAULTS_H
 #define MOCK_FAULTS_H
@@ -29,6 +29,8 @@ typedef enum {
     MOCK_FAULT_HANG,        /* never answer; wait for the client to go away */
     MOCK_FAULT_DROP,        /* close the connection without any response */
     MOCK_FAULT_DROP_AFTER,  /* stream plan.drop_after content chunks, then close */
+    MOCK_FAULT_ERROR_AFTER, /* stream plan.error_after content chunks, then the
+                               provider's error event, then end the stream */
     MOCK_FAULT_MALFORMED    /* 200 with a broken JSON body or a broken SSE event */
 } mock_fault_t;
 
@@ -39,6 +41,7 @@ typedef struct {
     int status;             /* HTTP status for MOCK_FAULT_STATUS */
     int retry_after_s;      /* Retry-After seconds on an error reply; -1 = no header */
     int drop_after;         /* content chunks sent before MOCK_FAULT_DROP_AFTER closes */
+    int error_after;        /* content chunks sent before MOCK_FAULT_ERROR_AFTER's event */
     int latency_ms;         /* delay before the response headers */
     int chunk_delay_ms;     /* delay before each SSE event after the first */
     int chunks;             /* number of content pieces in a stream */
@@ -83,7 +86,8 @@ void mock_faults_destroy (mock_faults_t **self_p);
 
 /*  Append a fault that applies to the next `count` chat requests (after
     the ones already queued); count -1 means until cleared. Only the fault,
-    status, retry_after_s and drop_after fields of `fault` are used.
+    status, retry_after_s, drop_after and error_after fields of `fault` are
+    used.
     Returns 0, or -1 if count is 0 or below -1, or out of memory. */
 int mock_faults_push (mock_faults_t *self, const mock_plan_t *fault, int count);
 

@@ -16,6 +16,9 @@
       chunk carries usageMetadata (prompt count only until the end); the
       last chunk carries finishReason and the complete counts. Its text
       part may be empty, as the real API's sometimes is.
+    * A stream that fails mid-way (error_after) gets one more chunk,
+      data: {"error":{"code":503,"message":"The model is overloaded. ...",
+      "status":"UNAVAILABLE"}}, and then ends.
     * Errors are Google's RPC status JSON: {"error":{"code":400,
       "message":...,"status":"INVALID_ARGUMENT"}}. A 429 carries a RetryInfo
       detail when a retry delay is known. Google sends no request id header.
@@ -537,6 +540,13 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
         case MOCK_EVENT_USAGE:      //  the finish chunk carried it
         case MOCK_EVENT_DONE:       //  the stream just ends
             return 0;
+        case MOCK_EVENT_ERROR:
+            //  A failure mid-stream: the RPC status of a 503 as one more
+            //  chunk, then the stream ends
+            *out = s_sse (json_pack ("{s:{s:i, s:s, s:s}}", "error", "code", 503,
+                "message", "The model is overloaded. Please try again later.",
+                "status", "UNAVAILABLE"));
+            break;
     }
     return *out ? 0 : -1;
 }

@@ -13,6 +13,9 @@
       parameter: 'messages'.") and set `param` and `code` the same way.
     * With stream_options.include_usage every chunk carries "usage": null
       and one extra chunk with empty "choices" carries the usage.
+    * A stream that fails mid-way (error_after) gets one more event,
+      data: {"error":{"message":...,"type":"server_error","param":null,
+      "code":null}}, and then just ends: no finish chunk, no [DONE].
 */
 #include "mock_openai.h"
 
@@ -466,6 +469,14 @@ s_event (const mock_chat_t *chat, mock_event_t event, size_t piece, char **out)
             break;
         case MOCK_EVENT_DONE:
             *out = strdup ("data: [DONE]\n\n");
+            break;
+        case MOCK_EVENT_ERROR:
+            //  What the API sends when it fails mid-stream: the error
+            //  object of a 500 as one more event, no [DONE] after it
+            *out = s_sse (json_pack ("{s:{s:s, s:s, s:n, s:n}}", "error",
+                "message", "The server had an error while processing your "
+                           "request. Sorry about that!",
+                "type", "server_error", "param", "code"));
             break;
     }
     return *out ? 0 : -1;

@@ -145,6 +145,14 @@ s_add_header (void *ctx, const char *name, const char *value)
     MHD_add_response_header ((struct MHD_Response *) ctx, name, value);
 }
 
+//  mock_request_header_fn over the request's connection
+static const char *
+s_request_header (void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value ((struct MHD_Connection *) ctx,
+                                        MHD_HEADER_KIND, name);
+}
+
 //  Queue a response built by the caller, adding the dialect's headers;
 //  records the status for stats and logs. Takes the response.
 static enum MHD_Result
@@ -238,6 +246,7 @@ s_chat (mock_server_t *server, struct MHD_Connection *conn,
     plan.status = 0;
     plan.retry_after_s = -1;
     plan.drop_after = 0;
+    plan.error_after = 0;
     plan.latency_ms = atomic_load (&server->latency_ms);
     plan.chunk_delay_ms = atomic_load (&server->chunk_delay_ms);
     plan.chunks = atomic_load (&server->chunks);
@@ -247,6 +256,16 @@ s_chat (mock_server_t *server, struct MHD_Connection *conn,
     mock_error_t err;
     memset (&err, 0, sizeof (err));
     err.retry_after_s = -1;
+    //  The provider's header checks (key, version) come before the body
+    if (request->dialect->check
+    &&  request->dialect->check (s_request_header, conn, &err) != 0) {
+        if (plan.latency_ms > 0
+        &&  mock_server_wait (server, conn_fd, plan.latency_ms) != 0) {
+            goto done;
+        }
+        rc = s_send_error (server, conn, request, &err, NULL, chat->serial);
+        goto done;
+    }
     if (request->dialect->parse (url, request->body ? request->body : "",
                                  request->len, chat, &err) != 0) {
         //  A refused request still waits out the default latency: the
@@ -305,6 +324,11 @@ s_chat (mock_server_t *server, struct MHD_Connection *conn,
         MHD_add_response_header (response, MHD_HTTP_HEADER_CONTENT_TYPE,
                                  "text/event-stream; charset=utf-8");
         MHD_add_response_header (response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        if (plan.fault == MOCK_FAULT_ERROR_AFTER) {
+            //  After its error event the stream ends normally and the
+            //  connection is closed cleanly, not reused
+            MHD_add_response_header (response, MHD_HTTP_HEADER_CONNECTION, "close");
+        }
         rc = s_queue (server, conn, request, response, 200, view, view->serial, -1);
         goto done;
     }
@@ -494,6 +518,17 @@ s_completed (void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
 }
 
+//  A client connected: counted, so that tests see keep-alive at work
+static void
+s_connection (void *cls, struct MHD_Connection *conn, void **socket_context,
+              enum MHD_ConnectionNotificationCode toe)
+{
+    mock_server_t *server = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        mock_stats_connection (server->stats);
+    }
+}
+
 //  --------------------------------------------------------------------------
 //  Command line, daemon start and the "listening on" handshake
 
@@ -509,6 +544,8 @@ typedef struct {
     bool verbose;               //  one stderr line per request
     const char *reject_keys [MOCK_STATS_KEYS];  //  --reject-key KEY, repeatable
     int nreject_keys;
+    const char *tls_cert;       //  PEM certificate (chain) file: serve HTTPS
+    const char *tls_key;        //  PEM private key file of tls_cert
 } s_options_t;
 
 static void
@@ -530,6 +567,8 @@ s_usage (FILE *out)
         "  --verbose             log every request to stderr\n"
         "  --reject-key KEY      answer 401 to chat requests carrying API key\n"
         "                        KEY (repeatable, up to 32)\n"
+        "  --tls-cert FILE       serve HTTPS with this PEM certificate (chain)\n"
+        "  --tls-key FILE        and this PEM private key (both or neither)\n"
         "  --help                show this and exit\n"
         "See tests/mock/README.md for endpoints and [[mock:...]] directives.\n");
 }
@@ -565,6 +604,8 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
         { "quiet",          no_argument,       NULL, 'q' },
         { "verbose",        no_argument,       NULL, 'v' },
         { "reject-key",     required_argument, NULL, 'k' },
+        { "tls-cert",       required_argument, NULL, 'C' },
+        { "tls-key",        required_argument, NULL, 'K' },
         { "help",           no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -577,6 +618,8 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
             case 'f': options->port_file = optarg; break;
             case 'q': options->quiet = true; break;
             case 'v': options->verbose = true; break;
+            case 'C': options->tls_cert = optarg; break;
+            case 'K': options->tls_key = optarg; break;
             case 'k':
                 if (options->nreject_keys == MOCK_STATS_KEYS || !*optarg) {
                     fprintf (stderr, "llmq-mock-provider: --reject-key: at most %d, "
@@ -616,6 +659,10 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
         fprintf (stderr, "llmq-mock-provider: unexpected argument '%s'\n", argv [optind]);
         rc = -1;
     }
+    if (rc == 0 && !options->tls_cert != !options->tls_key) {
+        fprintf (stderr, "llmq-mock-provider: --tls-cert and --tls-key go together\n");
+        rc = -1;
+    }
     if (rc != 0) {
         fprintf (stderr, "Try 'llmq-mock-provider --help'.\n");
         return 2;
@@ -623,10 +670,37 @@ s_options_parse (s_options_t *options, int argc, char *argv [])
     return 0;
 }
 
+//  The whole of a PEM file, NUL-terminated (libmicrohttpd takes them from
+//  memory), or NULL after saying why
+#define S_PEM_MAX   (1024 * 1024)
+
+static char *
+s_read_pem (const char *option, const char *path)
+{
+    FILE *file = fopen (path, "rb");
+    char *text = file ? malloc (S_PEM_MAX + 1) : NULL;
+    size_t len = text ? fread (text, 1, S_PEM_MAX, file) : 0;
+    bool ok = text && !ferror (file) && len > 0 && len < S_PEM_MAX;
+    int saved = errno;
+    if (file) {
+        fclose (file);
+    }
+    if (!ok) {
+        fprintf (stderr, "llmq-mock-provider: --%s %s: %s\n", option, path,
+                 !file ? strerror (saved) : !text ? "out of memory"
+                 : len == 0 ? "empty" : "unreadable, or over 1 MiB");
+        free (text);
+        return NULL;
+    }
+    text [len] = '\0';
+    return text;
+}
+
 static struct MHD_Daemon *
 s_daemon_start (const s_options_t *options, mock_server_t *server,
                 MHD_AccessHandlerCallback access,
-                MHD_RequestCompletedCallback completed)
+                MHD_RequestCompletedCallback completed,
+                const char *tls_cert, const char *tls_key)
 {
     //  Resolve --host to exactly one address and bind only that: the mock
     //  must never be reachable from outside the machine by accident
@@ -662,22 +736,36 @@ s_daemon_start (const s_options_t *options, mock_server_t *server,
     if (options->verbose) {
         flags |= MHD_USE_ERROR_LOG;
     }
+    if (tls_cert) {
+        flags |= MHD_USE_TLS;
+    }
+    //  An MHD_OPTION_END entry ends the array early: unused options are
+    //  left out that way
     struct MHD_OptionItem pool [] = {
         { options->threads > 0 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
           options->threads, NULL },
+        { MHD_OPTION_END, 0, NULL }
+    };
+    struct MHD_OptionItem tls [] = {
+        { tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *) tls_cert },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *) tls_key },
         { MHD_OPTION_END, 0, NULL }
     };
     struct MHD_Daemon *daemon = MHD_start_daemon (flags,
         (uint16_t) options->port, NULL, NULL, access, server,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &addr,
         MHD_OPTION_NOTIFY_COMPLETED, completed, server,
+        MHD_OPTION_NOTIFY_CONNECTION, s_connection, server,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 4096,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 1024,
         MHD_OPTION_ARRAY, pool,
+        MHD_OPTION_ARRAY, tls,
         MHD_OPTION_END);
     if (!daemon) {
         fprintf (stderr, "llmq-mock-provider: cannot listen on %s port %d "
-                 "(in use, or not a local address?)\n", options->host, options->port);
+                 "(in use, or not a local address?)%s\n", options->host, options->port,
+                 tls_cert ? "; or libmicrohttpd refuses the certificate or key "
+                 "(--verbose says why)" : "");
     }
     return daemon;
 }
@@ -727,9 +815,10 @@ s_announce (const s_options_t *options, struct MHD_Daemon *daemon)
         }
     }
     if (!options->quiet) {
-        fprintf (stderr, "llmq-mock-provider: serving %s on port %d (%s)\n",
+        fprintf (stderr, "llmq-mock-provider: serving %s on port %d (%s%s)\n",
                  s_dialects [0]->name, port, options->threads == 0
-                 ? "a thread per connection" : "epoll thread pool");
+                 ? "a thread per connection" : "epoll thread pool",
+                 options->tls_cert ? ", HTTPS" : "");
     }
     return 0;
 }
@@ -785,6 +874,19 @@ main (int argc, char *argv [])
     server.faults = mock_faults_new ();
     int exit_code = 1;
     struct MHD_Daemon *daemon = NULL;
+    char *tls_cert = NULL, *tls_key = NULL;
+    if (options.tls_cert) {
+        if (MHD_is_feature_supported (MHD_FEATURE_TLS) != MHD_YES) {
+            fprintf (stderr, "llmq-mock-provider: --tls-cert: this libmicrohttpd was "
+                     "built without TLS (GnuTLS)\n");
+            goto cleanup;
+        }
+        tls_cert = s_read_pem ("tls-cert", options.tls_cert);
+        tls_key = tls_cert ? s_read_pem ("tls-key", options.tls_key) : NULL;
+        if (!tls_key) {
+            goto cleanup;
+        }
+    }
     if (!server.stats || !server.faults) {
         fprintf (stderr, "llmq-mock-provider: out of memory\n");
         goto cleanup;
@@ -795,7 +897,7 @@ main (int argc, char *argv [])
             goto cleanup;
         }
     }
-    daemon = s_daemon_start (&options, &server, s_access, s_completed);
+    daemon = s_daemon_start (&options, &server, s_access, s_completed, tls_cert, tls_key);
     if (!daemon) {
         goto cleanup;
     }
@@ -824,6 +926,11 @@ cleanup:
     }
     mock_stats_destroy (&server.stats);
     mock_faults_destroy (&server.faults);
+    free (tls_cert);
+    if (tls_key) {
+        explicit_bzero (tls_key, strlen (tls_key));
+        free (tls_key);
+    }
     close (stop_pipe [0]);
     close (stop_pipe [1]);
     return exit_code;

@@ -21,6 +21,7 @@ struct mock_stats_t {
     atomic_llong in_flight;         //  chat requests between arrival and end
     atomic_llong max_in_flight;     //  high-water mark of in_flight
     atomic_llong with_auth;         //  requests with "Authorization: Bearer"
+    atomic_llong connections;       //  connections accepted (any route, TLS or not)
     atomic_llong by_status [STATUS_MAX - STATUS_MIN + 1];
     pthread_mutex_t keys_mutex;     //  guards the key table
     struct {
@@ -64,6 +65,7 @@ mock_stats_new (void)
     atomic_init (&self->in_flight, 0);
     atomic_init (&self->max_in_flight, 0);
     atomic_init (&self->with_auth, 0);
+    atomic_init (&self->connections, 0);
     for (int i = 0; i <= STATUS_MAX - STATUS_MIN; i++) {
         atomic_init (&self->by_status [i], 0);
     }
@@ -201,6 +203,12 @@ mock_stats_fault (mock_stats_t *self)
 }
 
 void
+mock_stats_connection (mock_stats_t *self)
+{
+    atomic_fetch_add (&self->connections, 1);
+}
+
+void
 mock_stats_reset (mock_stats_t *self)
 {
     atomic_store (&self->requests, 0);
@@ -208,6 +216,7 @@ mock_stats_reset (mock_stats_t *self)
     atomic_store (&self->streams, 0);
     atomic_store (&self->faults, 0);
     atomic_store (&self->with_auth, 0);
+    atomic_store (&self->connections, 0);
     atomic_store (&self->max_in_flight, atomic_load (&self->in_flight));
     for (int i = 0; i <= STATUS_MAX - STATUS_MIN; i++) {
         atomic_store (&self->by_status [i], 0);
@@ -240,7 +249,7 @@ mock_stats_json (mock_stats_t *self)
                              json_integer ((json_int_t) self->keys [i].requests));
     }
     pthread_mutex_unlock (&self->keys_mutex);
-    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o}",
+    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:I}",
         "requests", (json_int_t) atomic_load (&self->requests),
         "completed", (json_int_t) atomic_load (&self->completed),
         "streams", (json_int_t) atomic_load (&self->streams),
@@ -249,7 +258,8 @@ mock_stats_json (mock_stats_t *self)
         "max_in_flight", (json_int_t) atomic_load (&self->max_in_flight),
         "with_auth", (json_int_t) atomic_load (&self->with_auth),
         "by_status", by_status,
-        "by_key", by_key);
+        "by_key", by_key,
+        "connections", (json_int_t) atomic_load (&self->connections));
 }
 
 json_t *

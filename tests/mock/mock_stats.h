@@ -58,6 +58,10 @@ void mock_stats_stream (mock_stats_t *self);
 /*  A fault (directive or queued) was applied to a chat request. */
 void mock_stats_fault (mock_stats_t *self);
 
+/*  A client connection was accepted (counted before any TLS handshake or
+    request: control connections too). Shows keep-alive at work. */
+void mock_stats_connection (mock_stats_t *self);
+
 /*  Zero every counter and empty the ring. "in_flight" is a gauge, not a
     counter, so it is kept, and "max_in_flight" restarts from it. */
 void mock_stats_reset (mock_stats_t *self);
@@ -65,7 +69,7 @@ void mock_stats_reset (mock_stats_t *self);
 /*  The counters as a new JSON object (caller owns the reference):
     {"requests","completed","streams","faults_injected","in_flight",
      "max_in_flight","with_auth","by_status":{"200":N,...},
-     "by_key":{"LAST4":N,...}}. */
+     "by_key":{"LAST4":N,...},"connections"}. */
 json_t *mock_stats_json (mock_stats_t *self);
 
 /*  The ring, oldest first, as {"timestamps_ms":[...]}, keeping only the

@@ -1,5 +1,5 @@
 /*  mock_stream.c -- server-sent-events replies, with chunk delays and the
-    drop_after and malformed faults.
+    drop_after, error_after and malformed faults.
 */
 #include "mock_stream.h"
 
@@ -77,6 +77,14 @@ s_next_event (mock_stream_t *self)
         &&  (moment != MOCK_EVENT_DELTA || piece >= (size_t) self->plan.drop_after)) {
             return -1;
         }
+        //  error_after=K: K content pieces went out, now the provider's
+        //  error event instead of the rest, and a regular end of the
+        //  response (no finish, no end marker), as real providers fail
+        if (self->plan.fault == MOCK_FAULT_ERROR_AFTER
+        &&  moment != MOCK_EVENT_START
+        &&  (moment != MOCK_EVENT_DELTA || piece >= (size_t) self->plan.error_after)) {
+            moment = MOCK_EVENT_ERROR;
+        }
         char *text = NULL;
         if (self->dialect->event (self->chat, moment, piece, &text) != 0) {
             return -1;
@@ -85,7 +93,7 @@ s_next_event (mock_stream_t *self)
             self->piece++;
         }
         else
-        if (moment == MOCK_EVENT_DONE) {
+        if (moment == MOCK_EVENT_DONE || moment == MOCK_EVENT_ERROR) {
             self->ended = true;
         }
         else {

@@ -4,8 +4,10 @@
     The stream walks the moments of mock_dialect.h (START, each DELTA
     piece, FINISH, USAGE, DONE), asks the dialect for each one's text, and
     waits the plan's chunk delay before every event but the first. It also
-    carries out the two stream faults: "drop_after" (close the connection
-    after K content pieces, with no end marker) and "malformed" (the first
+    carries out the three stream faults: "drop_after" (close the connection
+    after K content pieces, with no end marker), "error_after" (after K
+    content pieces, the dialect's error event, then the response ends
+    normally, with no finish and no end marker) and "malformed" (the first
     content event is cut in half).
 
     A stream is owned by its libmicrohttpd response: mock_stream_read and

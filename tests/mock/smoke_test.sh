@@ -153,6 +153,21 @@ chat "[[mock:drop_after=2]] a b c d e f g h" ',"stream":true'
 check "drop_after: cut mid-transfer (curl 18)" [ "$RC" = 18 ]
 check "drop_after: 2 content chunks" [ "$(content_chunks)" = 2 ]
 check "drop_after: no [DONE]" lacks '[DONE]' "$WORK/body"
+chat "[[mock:error_after=2]] a b c d e f g h" ',"stream":true'
+check "error_after: response ends normally (curl 0)" [ "$RC" = 0 ]
+check "error_after: 200" [ "$CODE" = 200 ]
+check "error_after: 2 content chunks" [ "$(content_chunks)" = 2 ]
+check "error_after: the error event last" [ "$(grep -v '^$' "$WORK/body" | tail -n 1)" = \
+    'data: {"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}' ]
+check "error_after: no finish chunk" lacks '"finish_reason":"stop"' "$WORK/body"
+check "error_after: no [DONE]" lacks '[DONE]' "$WORK/body"
+check "error_after: connection closed" grep -qi '^connection: close' "$WORK/headers"
+chat "[[mock:error_after=0]] a b c" ',"stream":true'
+check "error_after=0: role, then the error" \
+    [ "$(grep -c '^data: ' "$WORK/body") $(content_chunks)" = "2 0" ]
+chat "[[mock:error_after=1]] not streamed"
+check "error_after: non-streamed answered normally" \
+    has '"content":"mock reply: not streamed"' "$WORK/body"
 chat "[[mock:malformed]]"
 check "malformed: 200" [ "$CODE" = 200 ]
 check "malformed: JSON is cut" [ "$(tail -c 1 "$WORK/body")" != "}" ]
@@ -193,6 +208,12 @@ control POST /mock/faults '{"kind":"drop_after","after":1}'
 chat "a b c d e f" ',"stream":true'
 check "queued drop_after: cut" [ "$RC" = 18 ]
 check "queued drop_after: 1 content chunk" [ "$(content_chunks)" = 1 ]
+control POST /mock/faults '{"kind":"error_after","after":1}'
+chat "a b c d e f" ',"stream":true'
+check "queued error_after: 1 content chunk" [ "$(content_chunks)" = 1 ]
+check "queued error_after: the error event" has '"type":"server_error"' "$WORK/body"
+chat "a b c d e f" ',"stream":true'
+check "queued error_after: used up" has '[DONE]' "$WORK/body"
 control POST /mock/faults '{"kind":"malformed"}'
 chat "broken"
 check "queued malformed: 200" [ "$CODE" = 200 ]
@@ -207,6 +228,45 @@ check "config echoes" has '"chunks":2' "$WORK/control"
 chat "two chunks now" ',"stream":true'
 check "config changes the default chunks" [ "$(content_chunks)" = 2 ]
 control POST /mock/config '{"chunks":8}'
+
+# ---------------------------------------------------------------- other dialects
+# anthropic [HEADERS...] JSON -- POST to /v1/messages
+anthropic() {
+    local body=${*: -1}
+    curl -s -m 5 -o "$WORK/body" -w '%{http_code}' "${@:1:$#-1}" \
+        -d "$body" "$BASE/v1/messages" >"$WORK/code"
+    RC=$?
+    CODE=$(cat "$WORK/code")
+}
+A_BODY='{"model":"claude-smoke","max_tokens":50,"messages":[{"role":"user","content":"hi there"}]}'
+anthropic -H 'anthropic-version: 2023-06-01' "$A_BODY"
+check "anthropic: no key, 401 ($CODE)" [ "$CODE" = 401 ]
+check "anthropic: no key, authentication_error" \
+    has '"type":"authentication_error","message":"x-api-key header is required"' "$WORK/body"
+anthropic -H 'x-api-key: sk-ant-smoke' "$A_BODY"
+check "anthropic: no version, 400 ($CODE)" [ "$CODE" = 400 ]
+check "anthropic: no version, the reason" has 'anthropic-version: header is required' "$WORK/body"
+anthropic -H 'x-api-key: sk-ant-smoke' -H 'anthropic-version: 2023-06-01' "$A_BODY"
+check "anthropic: key and version, 200 ($CODE)" [ "$CODE" = 200 ]
+check "anthropic: the reply" has '"text":"mock reply: hi there"' "$WORK/body"
+anthropic -H 'x-api-key: sk-ant-smoke' -H 'anthropic-version: 2023-06-01' \
+    '{"model":"c","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"[[mock:error_after=1]] a b c d"}]}'
+check "anthropic error_after: 200, ends normally" [ "$CODE $RC" = "200 0" ]
+check "anthropic error_after: 1 delta" [ "$(grep -c '^event: content_block_delta' "$WORK/body")" = 1 ]
+check "anthropic error_after: the error event last" \
+    [ "$(grep -v '^$' "$WORK/body" | tail -n 2 | tr '\n' '|')" = \
+      'event: error|data: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}|' ]
+check "anthropic error_after: no message_stop" lacks 'message_stop' "$WORK/body"
+curl -s -m 5 -o "$WORK/body" -w '%{http_code}' -H 'x-goog-api-key: smoke' \
+    -d '{"contents":[{"parts":[{"text":"[[mock:error_after=2]] a b c d e f"}]}]}' \
+    "$BASE/v1beta/models/gemini-smoke:streamGenerateContent?alt=sse" >"$WORK/code"
+RC=$?
+check "gemini error_after: 200, ends normally" [ "$(cat "$WORK/code") $RC" = "200 0" ]
+check "gemini error_after: 2 text chunks" [ "$(grep -c '"text":' "$WORK/body")" = 2 ]
+check "gemini error_after: the error event last" \
+    [ "$(tr -d '\r' <"$WORK/body" | grep -v '^$' | tail -n 1)" = \
+      'data: {"error":{"code":503,"message":"The model is overloaded. Please try again later.","status":"UNAVAILABLE"}}' ]
+check "gemini error_after: no finishReason" lacks 'finishReason' "$WORK/body"
 
 # ---------------------------------------------------------------- stats
 # The hanging requests above may take a moment to notice their client left

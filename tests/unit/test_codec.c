@@ -42,6 +42,8 @@ static const struct {
     { LLMQ_CMD_STATS_REP, "json" },
     { LLMQ_CMD_PONG,      "" },
     { LLMQ_CMD_RESET,     "id" },
+    { LLMQ_CMD_ADMIN,     "json" },
+    { LLMQ_CMD_ADMIN_REP, "json" },
     { LLMQ_CMD_ERROR,     "code" },
     { LLMQ_CMD_HELLO,     "" },
     { LLMQ_CMD_CREDIT,    "" },
@@ -107,6 +109,7 @@ s_full_result (uint64_t n)
         .tool_calls = "[{\"id\":\"call_1\",\"type\":\"function\",\"function\":"
                       "{\"name\":\"météo\",\"arguments\":\"{\\\"q\\\":\\\"Zürich\\\"}\"}}]",
         .error_class = LLMQ_EC_SERVER,
+        .degraded = n % 2 == 0,
         .priority = LLMQ_PRIO_LOW,
         .http_status = 503,
         .attempts = 3,
@@ -270,6 +273,7 @@ s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b)
     ck_assert_pstr_eq (a->batch_id, b->batch_id);
     ck_assert_pstr_eq (a->custom_id, b->custom_id);
     ck_assert_pstr_eq (a->tool_calls, b->tool_calls);
+    ck_assert_int_eq (a->degraded, b->degraded);
     ck_assert_uint_eq (a->error_class, b->error_class);
     ck_assert_uint_eq (a->priority, b->priority);
     ck_assert_uint_eq (a->http_status, b->http_status);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 //  Per-test scratch directory: set up and torn down in each test's process.
@@ -174,6 +175,9 @@ START_TEST (test_full_file)
     ck_assert_ptr_null (echo->api_key_env);
     ck_assert_uint_eq (echo->timeout_ms, 60000);
     ck_assert_uint_eq (echo->connect_timeout_ms, 5000);
+    ck_assert (echo->tls_verify);                      //  on unless said otherwise
+    ck_assert_ptr_null (echo->ca_file);
+    ck_assert_ptr_null (echo->ca_path);
 
     ck_assert_uint_eq (config->ngroups, 2);
     const llmq_group_t *group = llmq_config_group (config, "gpt-4o-mini");
@@ -389,6 +393,16 @@ static const s_bad_t s_bad[] = {
       { "[deployment a] api_key_file: entry 2 is listed twice" } },
     { "[deployment a]\nprovider = echo\napi_key_file = /k/a\napi_key_file = /k/b\n", 4,
       { "[deployment a] api_key_file: set twice (first at line 3)" } },
+    { "[deployment a]\nprovider = echo\nca_file =\n", 3,
+      { "[deployment a] ca_file: no value" } },
+    { "[deployment a]\nprovider = echo\nca_file = /a.pem\nca_file = /b.pem\n", 4,
+      { "[deployment a] ca_file: set twice (first at line 3)" } },
+    { "[deployment a]\nprovider = echo\nca_path = /etc/\x01ssl\n", 3,
+      { "[deployment a] ca_path: expected a path" } },
+    { "[deployment a]\nprovider = echo\ntls_verify = sometimes\n", 3,
+      { "[deployment a] tls_verify: expected on or off", "got 'sometimes'" } },
+    { "[broker]\nca_file = /a.pem\n", 2,
+      { "[broker] ca_file: unknown key" } },
     { "[deployment a]\nprovider = echo\ntimeout = 0s\n", 3,
       { "[deployment a] timeout: expected 1ms to 1d", "got '0s'" } },
     { "[group g]\ndeployments = a\n", 2,
@@ -401,6 +415,22 @@ static const s_bad_t s_bad[] = {
       { "[group g] deployments: expected one or more deployment names" } },
     { "[group g]\ndeployments = a,,b\n", 2, { "[group g] deployments:", "none empty" } },
     { "[group g]\ndeployments = a, a\n", 2, { "[group g] deployments: 'a' is listed twice" } },
+    //  Resilience
+    { "[deployment a]\nprovider = echo\n[group g]\ndeployments = a\nstrategy = fastest\n", 5,
+      { "[group g] strategy: expected order, round_robin, weighted", "got 'fastest'" } },
+    { "[deployment a]\nprovider = echo\n[group g]\ndeployments = a\nfallback = cheap\n", 5,
+      { "[group g] fallback: no group named 'cheap'" } },
+    { "[deployment a]\nprovider = echo\n[group g]\ndeployments = a\nfallback = g\n", 5,
+      { "[group g] fallback: a group cannot fall back to itself ('g')" } },
+    { "[deployment a]\nprovider = echo\nprice_input = -1\n", 3,
+      { "[deployment a] price_input: expected a decimal number >= 0" } },
+    { "[deployment a]\nprovider = echo\nprice_output = 1e999\n", 3,
+      { "[deployment a] price_output: expected a decimal number >= 0" } },
+    { "[deployment a]\nprovider = echo\nrpm = 0\n", 3, { "[deployment a] rpm: expected 1 to" } },
+    { "[deployment a]\nprovider = echo\nbreaker_failure_pct = 101\n", 3,
+      { "[deployment a] breaker_failure_pct: expected 1 to 100" } },
+    { "[deployment a]\nprovider = echo\nrate_window = 10ms\n", 3,
+      { "[deployment a] rate_window: expected 100ms to 1d" } },
 };
 
 START_TEST (test_errors)
@@ -459,6 +489,177 @@ START_TEST (test_several_keys)
     const llmq_deployment_t *b = llmq_config_deployment (config, "b");
     ck_assert_uint_eq (b->napi_key_envs + b->napi_key_files, 0);
     ck_assert_ptr_null (b->api_key_env);
+    llmq_config_destroy (&config);
+}
+END_TEST
+
+START_TEST (test_resilience_keys)
+{
+    const char *path = s_write ("[deployment a]\nprovider = echo\n"
+                                "rpm = 600\ntpm = 90000\nrate_window = 10s\nrate_margin = 50ms\n"
+                                "max_concurrent = 8\nweight = 3\norder = 2\n"
+                                "price_input = 0.15\nprice_output = 0.6\n"
+                                "breaker_failures = 7\nbreaker_failure_pct = 40\nbreaker_min_calls = 20\n"
+                                "breaker_window = 30s\nbreaker_open = 5s\nbreaker_probes = 2\n"
+                                "breaker_successes = 3\nadaptive_timeout = off\ntimeout_min = 2s\n"
+                                "retry_budget = 50\nretry_budget_min = 0\n"
+                                "[deployment b]\nprovider = echo\n"
+                                "[group small]\ndeployments = b\n"
+                                "[group g]\ndeployments = a, b\nstrategy = Weighted\nfallback = small\n");
+    char err[512];
+    llmq_config_t *config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    const llmq_deployment_t *a = llmq_config_deployment (config, "a");
+    ck_assert_uint_eq (a->rpm, 600);
+    ck_assert_uint_eq (a->tpm, 90000);
+    ck_assert_uint_eq (a->rate_window_ms, 10000);
+    ck_assert_uint_eq (a->rate_margin_ms, 50);
+    ck_assert_uint_eq (a->max_concurrent, 8);
+    ck_assert_uint_eq (a->weight, 3);
+    ck_assert_uint_eq (a->order, 2);
+    ck_assert (a->price_input > 0.1499 && a->price_input < 0.1501);
+    ck_assert (a->price_output > 0.5999 && a->price_output < 0.6001);
+    ck_assert_uint_eq (a->breaker_failures, 7);
+    ck_assert_uint_eq (a->breaker_failure_pct, 40);
+    ck_assert_uint_eq (a->breaker_min_calls, 20);
+    ck_assert_uint_eq (a->breaker_window_ms, 30000);
+    ck_assert_uint_eq (a->breaker_open_ms, 5000);
+    ck_assert_uint_eq (a->breaker_probes, 2);
+    ck_assert_uint_eq (a->breaker_successes, 3);
+    ck_assert (!a->adaptive_timeout);
+    ck_assert_uint_eq (a->timeout_min_ms, 2000);
+    ck_assert_uint_eq (a->retry_budget_pct, 50);
+    ck_assert_uint_eq (a->retry_budget_min, 0);
+    //  Defaults
+    const llmq_deployment_t *b = llmq_config_deployment (config, "b");
+    ck_assert_uint_eq (b->rpm, 0);
+    ck_assert_uint_eq (b->rate_window_ms, 60000);
+    ck_assert_uint_eq (b->weight, 1);
+    ck_assert_uint_eq (b->breaker_failures, 5);
+    ck_assert_uint_eq (b->breaker_open_ms, 60000);
+    ck_assert_uint_eq (b->breaker_successes, 2);
+    ck_assert (b->adaptive_timeout);
+    ck_assert_uint_eq (b->retry_budget_pct, 20);
+    const llmq_group_t *g = llmq_config_group (config, "g");
+    ck_assert_str_eq (g->strategy, "weighted");
+    ck_assert_str_eq (g->fallback, "small");
+    ck_assert_ptr_null (llmq_config_group (config, "small")->strategy);
+    llmq_config_destroy (&config);
+}
+END_TEST
+
+START_TEST (test_tls_keys)
+{
+    const char *path = s_write ("[deployment a]\nprovider = openai\nbase_url = https://h/v1\n"
+                                "ca_file = certs/ca.pem\n"
+                                "ca_path = /etc/llmq/cas\n"
+                                "tls_verify = off\n"
+                                "[deployment b]\nprovider = openai\nbase_url = https://h/v1\n"
+                                "tls_verify = yes\n");
+    char err[512];
+    llmq_config_t *config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    const llmq_deployment_t *a = llmq_config_deployment (config, "a");
+    //  A relative path starts from the config file's directory.
+    char ca[160];
+    snprintf (ca, sizeof ca, "%s/certs/ca.pem", s_dir);
+    ck_assert_str_eq (a->ca_file, ca);
+    ck_assert_int_eq (a->ca_file_line, 4);
+    ck_assert_str_eq (a->ca_path, "/etc/llmq/cas");
+    ck_assert_int_eq (a->ca_path_line, 5);
+    ck_assert (!a->tls_verify);
+    const llmq_deployment_t *b = llmq_config_deployment (config, "b");
+    ck_assert (b->tls_verify);
+    ck_assert_ptr_null (b->ca_file);
+    ck_assert_ptr_null (b->ca_path);
+    ck_assert_int_eq (b->ca_file_line, 0);
+    //  Neither is opened at load (the broker never needs them), and a
+    //  deployment with neither is always fine.
+    ck_assert_int_eq (llmq_config_check_ca (config, b, err, sizeof err), 0);
+    ck_assert_int_eq (llmq_config_check_ca (config, a, err, sizeof err), -1);
+    char expected[400];
+    snprintf (expected, sizeof expected, "%s:4: [deployment a] ca_file: cannot use %s: "
+              "No such file or directory", path, ca);
+    ck_assert_str_eq (err, expected);
+    llmq_config_destroy (&config);
+}
+END_TEST
+
+/*  Writes `text` to DIR/name (creating DIR/certs first). */
+static void
+s_write_file (const char *name, const char *text)
+{
+    char path[160];
+    snprintf (path, sizeof path, "%s/certs", s_dir);
+    ck_assert (mkdir (path, 0755) == 0 || access (path, F_OK) == 0);
+    snprintf (path, sizeof path, "%s/%s", s_dir, name);
+    FILE *file = fopen (path, "w");
+    ck_assert_ptr_nonnull (file);
+    ck_assert_int_eq (fputs (text, file) >= 0, 1);
+    ck_assert_int_eq (fclose (file), 0);
+}
+
+/*  Load a deployment with `keys` and check its CA files: the result of
+    llmq_config_check_ca, the message in err. */
+static int
+s_check_ca (const char *keys, char *err, size_t errlen)
+{
+    char text[512];
+    snprintf (text, sizeof text, "[deployment a]\nprovider = openai\nbase_url = https://h/v1\n%s",
+              keys);
+    llmq_config_t *config = llmq_config_load (s_write (text), err, errlen);
+    ck_assert_msg (config, "%s", err);
+    int rc = llmq_config_check_ca (config, &config->deployments[0], err, errlen);
+    llmq_config_destroy (&config);
+    return rc;
+}
+
+START_TEST (test_check_ca)
+{
+    s_write_file ("certs/ca.pem", "# our CA\n-----BEGIN CERTIFICATE-----\nMIIB\n"
+                  "-----END CERTIFICATE-----\n");
+    s_write_file ("certs/key.pem", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n");
+    char err[512] = "";
+    ck_assert_msg (s_check_ca ("ca_file = certs/ca.pem\n", err, sizeof err) == 0, "%s", err);
+    ck_assert_msg (s_check_ca ("ca_path = certs\n", err, sizeof err) == 0, "%s", err);
+    ck_assert_msg (s_check_ca ("ca_file = certs/ca.pem\nca_path = certs\ntls_verify = off\n",
+                               err, sizeof err) == 0, "%s", err);
+
+    char prefix[200];
+    snprintf (prefix, sizeof prefix, "%s/llmq.conf:4: [deployment a] ca_file: cannot use %s/", s_dir, s_dir);
+    ck_assert_int_eq (s_check_ca ("ca_file = certs/key.pem\n", err, sizeof err), -1);
+    ck_assert_msg (strncmp (err, prefix, strlen (prefix)) == 0, "%s", err);
+    ck_assert_msg (strstr (err, "certs/key.pem: no PEM certificate in it"), "%s", err);
+
+    ck_assert_int_eq (s_check_ca ("ca_file = certs\n", err, sizeof err), -1);
+    ck_assert_msg (strstr (err, "ca_file: cannot use ") && strstr (err, "certs: a directory"),
+                   "%s", err);
+    ck_assert_int_eq (s_check_ca ("ca_file = /nonexistent/ca.pem\n", err, sizeof err), -1);
+    ck_assert_msg (strstr (err, ":4: [deployment a] ca_file: cannot use /nonexistent/ca.pem: "
+                                "No such file or directory"), "%s", err);
+
+    //  The line of each key is the one named.
+    ck_assert_int_eq (s_check_ca ("ca_file = certs/ca.pem\n\nca_path = certs/ca.pem\n",
+                                  err, sizeof err), -1);
+    ck_assert_msg (strstr (err, ":6: [deployment a] ca_path: cannot use ")
+                   && strstr (err, "certs/ca.pem: not a directory"), "%s", err);
+    ck_assert_int_eq (s_check_ca ("ca_path = /nonexistent\n", err, sizeof err), -1);
+    ck_assert_msg (strstr (err, ":4: [deployment a] ca_path: cannot use /nonexistent: "
+                                "No such file or directory"), "%s", err);
+
+    //  Unreadable (root reads anything: checked only for other users).
+    if (geteuid () != 0) {
+        char path[160];
+        snprintf (path, sizeof path, "%s/certs/ca.pem", s_dir);
+        ck_assert_int_eq (chmod (path, 0), 0);
+        ck_assert_int_eq (s_check_ca ("ca_file = certs/ca.pem\n", err, sizeof err), -1);
+        ck_assert_msg (strstr (err, "ca.pem: Permission denied"), "%s", err);
+    }
+    //  err may be NULL.
+    llmq_config_t *config = llmq_config_load (s_write ("[deployment a]\nprovider = echo\n"
+                                                       "ca_file = /nonexistent\n"), NULL, 0);
+    ck_assert_ptr_nonnull (config);
+    ck_assert_int_eq (llmq_config_check_ca (config, &config->deployments[0], NULL, 0), -1);
     llmq_config_destroy (&config);
 }
 END_TEST
@@ -651,6 +852,9 @@ s_config_suite (void)
     tcase_add_test (errors, test_long_line);
     tcase_add_test (errors, test_several_keys);
     tcase_add_test (errors, test_key_list_limits);
+    tcase_add_test (errors, test_tls_keys);
+    tcase_add_test (errors, test_resilience_keys);
+    tcase_add_test (errors, test_check_ca);
     tcase_add_test (errors, test_short_error_buffer);
     suite_add_tcase (suite, errors);
 

@@ -432,6 +432,7 @@ START_TEST (test_retry_budget)
 {
     s_router (1, LLMQ_STRATEGY_ORDER);
     s_deps[0].breaker_failures = 1000000;
+    s_deps[0].retry_budget_min = 3;
     llmq_router_t *r = s_make (1, 1);
     uint64_t g;
     /* The minimum holds with few calls. */
