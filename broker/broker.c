@@ -48,6 +48,7 @@ typedef struct {
     size_t dep;                     /* deployment index */
     bool degraded;                  /* served by the fallback group */
     bool last_attempt;              /* a failure ends the job (max attempts) */
+    bool probe;                     /* a health probe: no job in the store */
 } s_lease_t;
 
 typedef struct {
@@ -86,7 +87,8 @@ struct llmq_broker {
     /* Totals since start, for stats. */
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
              n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted, n_degraded,
-             n_retry_budget;
+             n_retry_budget, n_probes, n_probe_failures;
+    uint64_t next_probe_id;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
 };
@@ -660,6 +662,8 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "retried", json_integer ((json_int_t) self->n_retried));
     json_object_set_new (t, "restarted", json_integer ((json_int_t) self->n_restarted));
     json_object_set_new (t, "degraded", json_integer ((json_int_t) self->n_degraded));
+    json_object_set_new (t, "probes", json_integer ((json_int_t) self->n_probes));
+    json_object_set_new (t, "probe_failures", json_integer ((json_int_t) self->n_probe_failures));
     json_object_set_new (t, "retry_budget_refused", json_integer ((json_int_t) self->n_retry_budget));
     json_object_set_new (t, "cancelled", json_integer ((json_int_t) self->n_cancelled));
     json_object_set_new (t, "expired", json_integer ((json_int_t) self->n_expired));
@@ -806,6 +810,10 @@ s_worker_remove (llmq_broker_t *self, s_worker_t *w, bool lost, uint64_t now)
     for (void *key = zlistx_first (ids); key; key = zlistx_next (ids)) {
         uint64_t id = (uint64_t) (uintptr_t) key;
         s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, key);
+        if (l->probe) {
+            zhashx_delete (self->leases, key);  /* a health probe: nothing to requeue */
+            continue;
+        }
         llmq_result_t failure = { 0 }, final;
         failure.error_class = LLMQ_EC_CONNECTION;
         failure.error = lost ? "worker stopped answering" : "worker left";
@@ -908,6 +916,22 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
                              .remaining_requests = -1, .remaining_tokens = -1 };
         llmq_router_outcome (self->router, l->grant, &o, now_ms);
         l->granted = false;
+    }
+    if (l->probe) {
+        self->n_probes++;
+        if (m->cmd == LLMQ_CMD_FAILED) {
+            self->n_probe_failures++;
+            llmq_info ("deployment %s: health probe failed: %s", self->config->deployments[l->dep].name,
+                       res->error ? res->error : llmq_error_class_name (res->error_class));
+        }
+        if (w) {
+            w->credit += m->slots;
+        }
+        if (l->worker) {
+            l->worker->running--;
+        }
+        zhashx_delete (self->leases, U64_KEY (m->id));
+        return false;
     }
     bool retry = m->cmd == LLMQ_CMD_FAILED
               && (llmq_error_class_retryable (res->error_class)
@@ -1316,6 +1340,75 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
     }
 }
 
+/*  Active health checks: a deployment whose breaker is half-open, or that
+    had no call for probe_interval, gets a tiny real call through a worker
+    (one user word, max_tokens 1). Its outcome feeds the breaker like any
+    call's; it is never stored and has no client. Probe ids have the top
+    bit set, so they never meet a job id. */
+static void
+s_probe (llmq_broker_t *self, uint64_t now)
+{
+    if (!self->config->probe_interval_ms) {
+        return;
+    }
+    static const char body[] = "{\"messages\":[{\"role\":\"user\",\"content\":\"ping\"}],\"max_tokens\":1}";
+    uint64_t now_ms = now / 1000;
+    for (size_t i = 0; i < self->config->ndeployments; i++) {
+        const llmq_deployment_t *d = &self->config->deployments[i];
+        if (d->provider && strcmp (d->provider, "echo") == 0) {
+            continue;
+        }
+        int want = llmq_router_probe_wanted (self->router, i, now_ms, self->config->probe_interval_ms);
+        if (!want) {
+            continue;
+        }
+        size_t gi = SIZE_MAX;
+        for (size_t g = 0; g < self->config->ngroups && gi == SIZE_MAX; g++) {
+            for (size_t k = 0; k < self->config->groups[g].ndeployments; k++) {
+                if (strcmp (self->config->groups[g].deployments[k], d->name) == 0) {
+                    gi = g;
+                    break;
+                }
+            }
+        }
+        s_worker_t *w = gi == SIZE_MAX ? NULL : s_next_worker (self);
+        if (!w) {
+            continue;
+        }
+        s_lease_t *l = (s_lease_t *) calloc (1, sizeof *l);
+        if (!l) {
+            return;
+        }
+        llmq_job_t job = { 0 };
+        job.id = (UINT64_C (1) << 63) | ++self->next_probe_id;
+        job.lease = job.id;
+        job.model = self->config->groups[gi].name;
+        job.body = body;
+        job.max_attempts = 1;
+        job.enqueued_us = now;
+        llmq_msg_t m = { 0 };
+        m.cmd = LLMQ_CMD_DISPATCH;
+        m.jobs = &job;
+        m.njobs = 1;
+        m.deployment = d->name;
+        m.timeout_ms = llmq_router_timeout_ms (self->router, i);
+        s_send (self, self->backend, w->identity, &m);
+        llmq_pick_t pick = { .dep = i, .group = gi, .probe = want == 1 };
+        l->worker = w;
+        l->lease = job.lease;
+        l->router = self->router;
+        l->grant = llmq_router_grant (self->router, &pick, 1, false, now_ms);
+        l->granted = true;
+        l->dep = i;
+        l->probe = true;
+        zhashx_update (self->leases, U64_KEY (job.id), l);
+        w->credit--;
+        w->running++;
+        w->dispatched++;
+        llmq_debug ("deployment %s: health probe (%s)", d->name, want == 1 ? "half-open" : "idle");
+    }
+}
+
 static void
 s_timers (llmq_broker_t *self, uint64_t now)
 {
@@ -1344,6 +1437,7 @@ s_timers (llmq_broker_t *self, uint64_t now)
         }
         self->next_heartbeat_ms = now_ms + self->config->heartbeat_ms;
     }
+    s_probe (self, now);
 }
 
 /* ------------------------------------------------------------------------

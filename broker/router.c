@@ -74,6 +74,7 @@ typedef struct {
     int64_t wrr_current;
     /* totals */
     uint64_t calls, failures, retries, retries_refused, probes;
+    uint64_t last_grant_ms;         /* health probes go to deployments idle since */
     bool dirty;
 } s_dep_t;
 
@@ -642,6 +643,7 @@ llmq_router_grant (llmq_router_t *self, const llmq_pick_t *pick, uint64_t tokens
     }
     d->in_flight++;
     d->calls++;
+    d->last_grant_ms = now_ms;
     d->dirty = true;
     bool probe = d->state == LLMQ_BREAKER_HALF_OPEN;
     if (probe) {
@@ -778,6 +780,27 @@ llmq_router_outcome (llmq_router_t *self, uint64_t grant, const llmq_outcome_t *
                   (unsigned long long) d->p.breaker_window_ms);
         s_breaker_open (self, di, reason, now_ms);
     }
+}
+
+int
+llmq_router_probe_wanted (llmq_router_t *self, size_t dep, uint64_t now_ms, uint64_t idle_ms)
+{
+    if (dep >= self->ndeps) {
+        return 0;
+    }
+    s_dep_t *d = &self->deps[dep];
+    s_block_t b;
+    if (s_free_at (self, dep, 1, now_ms, &b) > now_ms || b != S_FREE) {
+        return 0;
+    }
+    if (d->state == LLMQ_BREAKER_HALF_OPEN) {
+        return 1;
+    }
+    if (d->last_grant_ms == 0) {
+        d->last_grant_ms = now_ms;  /* idle counts from the first look */
+        return 0;
+    }
+    return idle_ms && d->last_grant_ms + idle_ms <= now_ms ? 2 : 0;
 }
 
 bool

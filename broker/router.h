@@ -134,6 +134,12 @@ typedef struct {
 void llmq_router_outcome (llmq_router_t *self, uint64_t grant, const llmq_outcome_t *o,
                           uint64_t now_ms);
 
+/*  Whether the broker should send `dep` a health probe now: 1 if its
+    breaker is half-open with a probe slot free, 2 if it is closed and no
+    call was granted for `idle_ms` (0: never), 0 otherwise (also when its
+    limits leave no room). A probe is granted like any call. */
+int  llmq_router_probe_wanted (llmq_router_t *self, size_t dep, uint64_t now_ms, uint64_t idle_ms);
+
 /*  Whether a failure on `dep` may be retried (the retry budget). */
 bool llmq_router_retry_allowed (llmq_router_t *self, size_t dep, uint64_t now_ms);
 

@@ -106,6 +106,7 @@ static const s_key_t s_keys[] = {
     { S_BROKER, "result_ttl", S_DURATION, offsetof (llmq_config_t, result_ttl_ms), S_SECOND, S_YEAR },
     { S_BROKER, "heartbeat", S_DURATION, offsetof (llmq_config_t, heartbeat_ms), 10, 10 * S_MINUTE },
     { S_BROKER, "liveness", S_COUNT, offsetof (llmq_config_t, liveness), 1, 100 },
+    { S_BROKER, "probe_interval", S_DURATION, offsetof (llmq_config_t, probe_interval_ms), 0, S_DAY },
     { S_BROKER, "max_message", S_SIZE, offsetof (llmq_config_t, max_message), S_KIB, S_GIB },
     { S_BROKER, "max_attempts", S_COUNT, offsetof (llmq_config_t, max_attempts), 1, 100 },
     { S_BROKER, "retry_backoff", S_DURATION, offsetof (llmq_config_t, retry_backoff_ms), 0, S_DAY },
@@ -1314,6 +1315,7 @@ llmq_config_new (void)
     self->result_ttl_ms = 24 * S_HOUR;
     self->heartbeat_ms = 1000;
     self->liveness = 3;
+    self->probe_interval_ms = 30 * S_SECOND;
     self->max_message = 64 * S_MIB;
     self->max_attempts = 3;
     self->retry_backoff_ms = 1 * S_SECOND;

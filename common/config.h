@@ -108,6 +108,7 @@ typedef struct {
     uint64_t result_ttl_ms;     /* default 24 h */
     uint64_t heartbeat_ms;      /* default 1000 */
     uint32_t liveness;          /* heartbeats missed before a peer is dead (3) */
+    uint64_t probe_interval_ms; /* health probe to a deployment idle this long (30 s; 0: off) */
     uint64_t max_message;       /* largest accepted message body (default 64 MiB) */
     uint32_t max_attempts;      /* default for jobs (3) */
     uint64_t retry_backoff_ms;  /* first retry delay, doubled per attempt (1 s) */
