@@ -347,6 +347,23 @@ s_is_final (int state)
    Clients
    ------------------------------------------------------------------------ */
 
+/*  A SUBMIT refused for want of room: with a hint of when to try again
+    (results expire, workers finish jobs). */
+#define S_FULL_RETRY_MS 5000
+
+static void
+s_reply_full (llmq_broker_t *self, zframe_t *from, uint64_t corr)
+{
+    llmq_msg_t m = { 0 };
+    m.cmd = LLMQ_CMD_REJECTED;
+    m.corr = corr;
+    m.code = LLMQ_ERR_STORE_FULL;
+    m.reason = "broker store is full: new jobs are refused until results expire or its size limit is raised";
+    m.retry_after_ms = S_FULL_RETRY_MS;
+    m.index = -1;
+    s_send (self, self->frontend, from, &m);
+}
+
 /*  Returns true if the message must be retried next turn. */
 static bool
 s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
@@ -382,8 +399,7 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
         }
     }
     if (self->full) {
-        s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, LLMQ_ERR_STORE_FULL,
-                       "broker store is full: new jobs are refused until results expire or its size limit is raised");
+        s_reply_full (self, from, m->corr);
         return false;
     }
     uint64_t *ids = (uint64_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *ids);
@@ -393,11 +409,12 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
         llmq_store_want_grow (self->store);
         return true;                /* retried after the map has grown */
     }
+    if (rc == LLMQ_ERR_STORE_FULL) {
+        s_reply_full (self, from, m->corr);
+        return false;
+    }
     if (rc) {
-        s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, rc,
-                       rc == LLMQ_ERR_STORE_FULL
-                       ? "broker store is full: new jobs are refused until results expire or its size limit is raised"
-                       : "broker store error");
+        s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, rc, "broker store error");
         return false;
     }
     bool any_dup = false;
@@ -913,7 +930,8 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         llmq_outcome_t o = { .error_class = m->cmd == LLMQ_CMD_DONE ? LLMQ_EC_NONE : res->error_class,
                              .tokens = (uint64_t) res->prompt_tokens + res->completion_tokens,
                              .latency_ms = res->latency_us / 1000, .retry_after_ms = m->retry_after_ms,
-                             .remaining_requests = -1, .remaining_tokens = -1 };
+                             .remaining_requests = res->rl_requests, .remaining_tokens = res->rl_tokens,
+                             .reset_ms = res->rl_reset_ms };
         llmq_router_outcome (self->router, l->grant, &o, now_ms);
         l->granted = false;
     }

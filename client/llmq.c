@@ -179,10 +179,14 @@ s_fail_submit (llmq *h, const llmq_msg_t *m, size_t njobs)
 {
     int code = s_code (m->code);
     const char *reason = m->reason && *m->reason ? m->reason : llmq_strerror (code);
-    if (m->cmd == LLMQ_CMD_REJECTED && m->index >= 0 && njobs > 1) {
-        return s_fail (h, code, "job %lld: %s", (long long) m->index, reason);
+    char hint[64] = "";
+    if (m->cmd == LLMQ_CMD_REJECTED && m->retry_after_ms) {
+        snprintf (hint, sizeof hint, " (retry after %llu ms)", (unsigned long long) m->retry_after_ms);
     }
-    return s_fail (h, code, "%s", reason);
+    if (m->cmd == LLMQ_CMD_REJECTED && m->index >= 0 && njobs > 1) {
+        return s_fail (h, code, "job %lld: %s%s", (long long) m->index, reason, hint);
+    }
+    return s_fail (h, code, "%s%s", reason, hint);
 }
 
 /* ----------------------------------------------------------------- socket */

@@ -640,6 +640,7 @@ START_TEST (test_full_store_refuses_submits_serves_the_rest)
     }
     ck_assert_int_eq (rc, LLMQ_ERR_STORE_FULL);
     ck_assert_ptr_nonnull (strstr (llmq_last_error (c), "full"));
+    ck_assert_ptr_nonnull (strstr (llmq_last_error (c), "(retry after 5000 ms)"));
     ck_assert_uint_gt (stored, 0);
     ck_assert_int_eq (h_stat (c, "queued"), (long) stored);
     /* Everything held is still served. */
