@@ -26,6 +26,8 @@ static const char *const s_errors[] = {
     [LLMQ_ERR_CANCELLED]       = "job cancelled",
     [LLMQ_ERR_EXPIRED]         = "job expired",
     [LLMQ_ERR_INTERNAL]        = "internal error",
+    [LLMQ_ERR_QUOTA]           = "quota exceeded",
+    [LLMQ_ERR_BUDGET]          = "budget spent",
 };
 
 const char *

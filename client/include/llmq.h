@@ -79,7 +79,9 @@ typedef enum {
     LLMQ_ERR_JOB_FAILED      = 16,  /**< the job ended failed or dead-lettered */
     LLMQ_ERR_CANCELLED       = 17,  /**< the job was cancelled */
     LLMQ_ERR_EXPIRED         = 18,  /**< the job's deadline passed before it started */
-    LLMQ_ERR_INTERNAL        = 19   /**< a bug: please report it */
+    LLMQ_ERR_INTERNAL        = 19,  /**< a bug: please report it */
+    LLMQ_ERR_QUOTA           = 20,  /**< the user's tier quota is used up: retry after the hint */
+    LLMQ_ERR_BUDGET          = 21   /**< a user's or org's budget is spent for the period */
 } llmq_err;
 
 /** Priorities. A job's place in the queue is its enqueue time plus the

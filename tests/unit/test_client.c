@@ -170,7 +170,7 @@ static const char s_body[] = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi
 
 START_TEST (test_strerror_complete)
 {
-    for (int a = LLMQ_OK; a <= LLMQ_ERR_INTERNAL; a++) {
+    for (int a = LLMQ_OK; a <= LLMQ_ERR_BUDGET; a++) {
         const char *name = llmq_strerror (a);
         ck_assert_ptr_nonnull (name);
         ck_assert_str_ne (name, "unknown error");
@@ -179,7 +179,7 @@ START_TEST (test_strerror_complete)
         }
     }
     ck_assert_str_eq (llmq_strerror (LLMQ_ERR_TIMEOUT), "timeout");
-    ck_assert_str_eq (llmq_strerror (LLMQ_ERR_INTERNAL + 1), "unknown error");
+    ck_assert_str_eq (llmq_strerror (LLMQ_ERR_BUDGET + 1), "unknown error");
     ck_assert_str_eq (llmq_strerror (-1), "unknown error");
 }
 END_TEST
