@@ -6,7 +6,6 @@
     later window starts again from zero. Budget alerts remember, per
     period, which thresholds were already announced.
 */
-#define _GNU_SOURCE             /* timegm */
 #include "tenants.h"
 
 #include <czmq.h>
@@ -16,24 +15,27 @@
 #include <string.h>
 #include <time.h>
 
+#include "config.h"
 #include "llmq.h"
 
 #define S_MINUTE_MS 60000ull
 #define S_HOUR_MS   3600000ull
 #define S_DAY_MS    86400000ull
 
-static const llmq_tier_t s_builtin[] = {
-    { "free",       10,   100,    500,     50000, 1 },
-    { "basic",      30,   500,   5000,    500000, 1 },
-    { "pro",       100,  2000,  20000,   2000000, 1 },
-    { "enterprise", 1000, 10000, 100000, 10000000, 1 },
-};
-
 size_t
 llmq_tiers_builtin (const llmq_tier_t **tiers)
 {
-    *tiers = s_builtin;
-    return sizeof s_builtin / sizeof s_builtin[0];
+    /*  The config module owns the table (a [tier NAME] of a built-in name
+        starts from it); this is its view in our type. */
+    static llmq_tier_t view[8];
+    const llmq_cfg_tier_t *cfg;
+    size_t n = llmq_config_builtin_tiers (&cfg);
+    for (size_t i = 0; i < n && i < 8; i++) {
+        view[i] = (llmq_tier_t) { cfg[i].name, cfg[i].rpm, cfg[i].rph, cfg[i].rpd,
+                                  cfg[i].tokens_per_day, cfg[i].weight };
+    }
+    *tiers = view;
+    return n < 8 ? n : 8;
 }
 
 /*  Spend against one budget pair, with the alerts already sent. */

@@ -56,12 +56,16 @@ typedef enum {
     S_BROKER,
     S_PRIORITY,
     S_WORKER,
-    S_DEPLOYMENT,
-    S_GROUP
+    S_TENANTS,
+    S_DEPLOYMENT,           /* named sections from here on */
+    S_GROUP,
+    S_TIER,
+    S_USER,
+    S_ORG
 } s_section_t;
 
 static const char *s_section_names[] = {
-    "", "broker", "priority", "worker", "deployment", "group"
+    "", "broker", "priority", "worker", "tenants", "deployment", "group", "tier", "user", "org"
 };
 
 typedef enum {
@@ -81,6 +85,7 @@ typedef enum {
                                directory when relative; its line kept */
     S_NAMES,                /* llmq_group_t deployments: NAME, NAME... */
     S_PRICE,                /* double: a decimal number >= 0, e.g. 0.15 */
+    S_SIZE64,               /* uint64_t: a plain number in [min, max] */
     S_STRATEGY              /* char *: a balancing strategy */
 } s_type_t;
 
@@ -153,6 +158,22 @@ static const s_key_t s_keys[] = {
     { S_DEPLOYMENT, "timeout_min", S_DURATION, offsetof (llmq_deployment_t, timeout_min_ms), 1, S_DAY },
     { S_DEPLOYMENT, "retry_budget", S_COUNT, offsetof (llmq_deployment_t, retry_budget_pct), 0, 100 },
     { S_DEPLOYMENT, "retry_budget_min", S_COUNT, offsetof (llmq_deployment_t, retry_budget_min), 0, 1000000 },
+    { S_DEPLOYMENT, "price_cached_input", S_PRICE, offsetof (llmq_deployment_t, price_cached_input), 0, 0 },
+    { S_TENANTS, "default_tier", S_TEXT, offsetof (llmq_config_t, default_tier), 0, 0 },
+    { S_TENANTS, "stream_weight", S_COUNT, offsetof (llmq_config_t, stream_weight), 1, 1000 },
+    { S_TENANTS, "large_job_tokens", S_COUNT, offsetof (llmq_config_t, large_job_tokens), 1, 100000000 },
+    { S_TENANTS, "budget_webhook", S_URL, offsetof (llmq_config_t, budget_webhook), 0, 0 },
+    { S_TIER, "rpm", S_COUNT, offsetof (llmq_cfg_tier_t, rpm), 0, 100000000 },
+    { S_TIER, "rph", S_COUNT, offsetof (llmq_cfg_tier_t, rph), 0, 100000000 },
+    { S_TIER, "rpd", S_COUNT, offsetof (llmq_cfg_tier_t, rpd), 0, 1000000000 },
+    { S_TIER, "tokens_per_day", S_SIZE64, offsetof (llmq_cfg_tier_t, tokens_per_day), 0, UINT64_C (1) << 50 },
+    { S_TIER, "weight", S_COUNT, offsetof (llmq_cfg_tier_t, weight), 1, 1000000 },
+    { S_USER, "tier", S_TEXT, offsetof (llmq_cfg_user_t, tier), 0, 0 },
+    { S_USER, "budget_daily", S_PRICE, offsetof (llmq_cfg_user_t, budget_daily), 0, 0 },
+    { S_USER, "budget_monthly", S_PRICE, offsetof (llmq_cfg_user_t, budget_monthly), 0, 0 },
+    { S_ORG, "budget_daily", S_PRICE, offsetof (llmq_cfg_org_t, budget_daily), 0, 0 },
+    { S_ORG, "budget_monthly", S_PRICE, offsetof (llmq_cfg_org_t, budget_monthly), 0, 0 },
+    { S_ORG, "weight", S_COUNT, offsetof (llmq_cfg_org_t, weight), 1, 1000000 },
     { S_GROUP, "deployments", S_NAMES, offsetof (llmq_group_t, deployments), 0, 0 },
     { S_GROUP, "strategy", S_STRATEGY, offsetof (llmq_group_t, strategy), 0, 0 },
     { S_GROUP, "fallback", S_TEXT, offsetof (llmq_group_t, fallback), 0, 0 },
@@ -181,9 +202,10 @@ typedef struct {
     s_section_t section;    /* section being read */
     size_t index;           /* deployment or group being read */
     char label[S_NAME_MAX + 16];    /* "broker", "deployment mock-gpt" */
-    s_lines_t fixed[S_WORKER + 1];  /* [broker], [priority], [worker] */
+    s_lines_t fixed[S_TENANTS + 1]; /* [broker], [priority], [worker], [tenants] */
     s_lines_t *dep_lines;   /* one per config->deployments entry */
     s_lines_t *grp_lines;   /* one per config->groups entry */
+    s_lines_t *named_lines[3];      /* [tier], [user], [org]: one per entry */
     bool failed;            /* first error recorded; stop reading */
     int fail_line;
     char msg[S_ERR_MAX];    /* "FILE:LINE: message" */
@@ -595,6 +617,103 @@ s_add_group (s_ctx_t *ctx, const char *name)
     return 0;
 }
 
+/*  The built-in tiers; a [tier NAME] of the same name starts from these. */
+static const llmq_cfg_tier_t s_builtin_tiers[] = {
+    { (char *) "free",        10,    100,    500,    50000, 1 },
+    { (char *) "basic",       30,    500,   5000,   500000, 1 },
+    { (char *) "pro",        100,   2000,  20000,  2000000, 1 },
+    { (char *) "enterprise", 1000, 10000, 100000, 10000000, 1 },
+};
+
+size_t
+llmq_config_builtin_tiers (const llmq_cfg_tier_t **tiers)
+{
+    *tiers = s_builtin_tiers;
+    return sizeof s_builtin_tiers / sizeof s_builtin_tiers[0];
+}
+
+const llmq_cfg_tier_t *
+llmq_config_tier (const llmq_config_t *self, const char *name)
+{
+    for (size_t i = 0; name && i < self->ntiers; i++) {
+        if (strcmp (self->tiers[i].name, name) == 0) {
+            return &self->tiers[i];
+        }
+    }
+    for (size_t i = 0; name && i < sizeof s_builtin_tiers / sizeof s_builtin_tiers[0]; i++) {
+        if (strcmp (s_builtin_tiers[i].name, name) == 0) {
+            return &s_builtin_tiers[i];
+        }
+    }
+    return NULL;
+}
+
+/*  [tier NAME], [user NAME], [org NAME]: a new entry, defined once. */
+static int
+s_add_named (s_ctx_t *ctx, s_section_t section, const char *text, const char *name)
+{
+    llmq_config_t *config = ctx->config;
+    void **array;
+    size_t *count, size;
+    if (section == S_TIER) {
+        array = (void **) &config->tiers;
+        count = &config->ntiers;
+        size = sizeof (llmq_cfg_tier_t);
+    }
+    else
+    if (section == S_USER) {
+        array = (void **) &config->users;
+        count = &config->nusers;
+        size = sizeof (llmq_cfg_user_t);
+    }
+    else {
+        array = (void **) &config->orgs;
+        count = &config->norgs;
+        size = sizeof (llmq_cfg_org_t);
+    }
+    s_lines_t **lines_p = &ctx->named_lines[section - S_TIER];
+    size_t n = *count;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp (*(char **) ((char *) *array + i * size), name) == 0) {
+            return s_fail (ctx, ctx->line, "[%s %s]: defined twice (first at line %d)", text, name,
+                           (*lines_p)[i].header);
+        }
+    }
+    char *grown = realloc (*array, (n + 1) * size);
+    if (!grown) {
+        return s_fail (ctx, ctx->line, "out of memory");
+    }
+    *array = grown;
+    s_lines_t *lines = realloc (*lines_p, (n + 1) * sizeof *lines);
+    if (!lines) {
+        return s_fail (ctx, ctx->line, "out of memory");
+    }
+    *lines_p = lines;
+    void *entry = grown + n * size;
+    memset (entry, 0, size);
+    memset (&lines[n], 0, sizeof lines[n]);
+    if (section == S_TIER) {
+        const llmq_cfg_tier_t *builtin = llmq_config_tier (&(llmq_config_t) { 0 }, name);
+        llmq_cfg_tier_t *t = (llmq_cfg_tier_t *) entry;
+        if (builtin) {
+            *t = *builtin;
+        }
+        t->weight = t->weight ? t->weight : 1;
+    }
+    if (section == S_ORG) {
+        ((llmq_cfg_org_t *) entry)->weight = 1;
+    }
+    char *copy = s_strdup (name);
+    if (!copy) {
+        return s_fail (ctx, ctx->line, "out of memory");
+    }
+    *(char **) entry = copy;
+    lines[n].header = ctx->line;
+    *count = n + 1;
+    ctx->index = n;
+    return 0;
+}
+
 /*  `text` is what stood between the brackets, trimmed: "broker" or
     "deployment NAME". Makes it the current section. */
 static int
@@ -606,7 +725,7 @@ s_section_begin (s_ctx_t *ctx, char *text)
         name += strspn (name, " \t");
     }
     s_section_t section = S_NONE;
-    for (int i = S_BROKER; i <= S_GROUP; i++) {
+    for (int i = S_BROKER; i <= S_ORG; i++) {
         if (strcmp (text, s_section_names[i]) == 0) {
             section = (s_section_t) i;
         }
@@ -614,10 +733,11 @@ s_section_begin (s_ctx_t *ctx, char *text)
     char shown[S_SHOW_MAX + 4];
     if (section == S_NONE) {
         return s_fail (ctx, ctx->line, "unknown section [%s] (expected [broker], [priority], "
-                       "[worker], [deployment NAME] or [group NAME])",
+                       "[worker], [tenants], [deployment NAME], [group NAME], [tier NAME], "
+                       "[user NAME] or [org NAME])",
                        s_show (text, shown, sizeof shown));
     }
-    if (section == S_DEPLOYMENT || section == S_GROUP) {
+    if (section >= S_DEPLOYMENT) {
         if (!*name) {
             return s_fail (ctx, ctx->line, "[%s] needs a name: [%s NAME]", text, text);
         }
@@ -636,7 +756,8 @@ s_section_begin (s_ctx_t *ctx, char *text)
                 return -1;
             }
         }
-        else {
+        else
+        if (section == S_GROUP) {
             const llmq_group_t *other = llmq_config_group (ctx->config, name);
             if (other) {
                 return s_fail (ctx, ctx->line, "[group %s]: defined twice (first at line %d)",
@@ -645,6 +766,10 @@ s_section_begin (s_ctx_t *ctx, char *text)
             if (s_add_group (ctx, name) != 0) {
                 return -1;
             }
+        }
+        else
+        if (s_add_named (ctx, section, text, name) != 0) {
+            return -1;
         }
         snprintf (ctx->label, sizeof ctx->label, "%s %s", text, name);
     }
@@ -674,6 +799,9 @@ s_current_lines (s_ctx_t *ctx)
     if (ctx->section == S_GROUP) {
         return &ctx->grp_lines[ctx->index];
     }
+    if (ctx->section >= S_TIER) {
+        return &ctx->named_lines[ctx->section - S_TIER][ctx->index];
+    }
     return &ctx->fixed[ctx->section];
 }
 
@@ -685,6 +813,15 @@ s_current_base (s_ctx_t *ctx)
     }
     if (ctx->section == S_GROUP) {
         return &ctx->config->groups[ctx->index];
+    }
+    if (ctx->section == S_TIER) {
+        return &ctx->config->tiers[ctx->index];
+    }
+    if (ctx->section == S_USER) {
+        return &ctx->config->users[ctx->index];
+    }
+    if (ctx->section == S_ORG) {
+        return &ctx->config->orgs[ctx->index];
     }
     return ctx->config;
 }
@@ -1010,6 +1147,7 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
         case S_SIZE:
         case S_DURATION:
         case S_COUNT:
+        case S_SIZE64:
             return s_set_number (ctx, key, slot, value);
         case S_LEVEL:
             return s_set_word (ctx, key, slot, value, s_levels,
@@ -1273,6 +1411,19 @@ s_check (s_ctx_t *ctx)
                            group->name, group->fallback, group->fallback);
         }
     }
+    if (config->default_tier && !llmq_config_tier (config, config->default_tier)) {
+        return s_fail (ctx, ctx->fixed[S_TENANTS].key[s_key_index (S_TENANTS, "default_tier")],
+                       "[tenants] default_tier: no tier named '%s' (expected free, basic, pro, "
+                       "enterprise or a [tier %s] section)", config->default_tier, config->default_tier);
+    }
+    for (size_t i = 0; i < config->nusers; i++) {
+        const llmq_cfg_user_t *u = &config->users[i];
+        if (u->tier && !llmq_config_tier (config, u->tier)) {
+            return s_fail (ctx, ctx->named_lines[S_USER - S_TIER][i].key[s_key_index (S_USER, "tier")],
+                           "[user %s] tier: no tier named '%s' (expected free, basic, pro, "
+                           "enterprise or a [tier %s] section)", u->name, u->tier, u->tier);
+        }
+    }
     if (s_check_order (ctx, S_BROKER, "map_size", "max_map_size", "") != 0
     ||  s_check_order (ctx, S_BROKER, "retry_backoff", "retry_backoff_max", "") != 0) {
         return -1;
@@ -1316,6 +1467,7 @@ llmq_config_new (void)
     self->heartbeat_ms = 1000;
     self->liveness = 3;
     self->probe_interval_ms = 30 * S_SECOND;
+    self->stream_weight = 1;
     self->max_message = 64 * S_MIB;
     self->max_attempts = 3;
     self->retry_backoff_ms = 1 * S_SECOND;
@@ -1383,6 +1535,9 @@ llmq_config_load (const char *path, char *err, size_t errlen)
     free (ctx.buf);
     free (ctx.dep_lines);
     free (ctx.grp_lines);
+    for (int i = 0; i < 3; i++) {
+        free (ctx.named_lines[i]);
+    }
     if (ctx.failed) {
         if (err && errlen) {
             snprintf (err, errlen, "%s", ctx.msg);
@@ -1424,6 +1579,21 @@ llmq_config_destroy (llmq_config_t **self_p)
         free (self->groups[i].fallback);
         s_group_clear (&self->groups[i]);
     }
+    for (size_t i = 0; i < self->ntiers; i++) {
+        free (self->tiers[i].name);
+    }
+    free (self->tiers);
+    for (size_t i = 0; i < self->nusers; i++) {
+        free (self->users[i].name);
+        free (self->users[i].tier);
+    }
+    free (self->users);
+    for (size_t i = 0; i < self->norgs; i++) {
+        free (self->orgs[i].name);
+    }
+    free (self->orgs);
+    free (self->default_tier);
+    free (self->budget_webhook);
     free (self->groups);
     free (self);
     *self_p = NULL;

@@ -71,6 +71,7 @@ typedef struct {
     uint32_t order;             /* order strategy: lower first (default 0) */
     double   price_input;       /* USD per 1M prompt tokens (0) */
     double   price_output;      /* USD per 1M completion tokens (0) */
+    double   price_cached_input;/* USD per 1M cached prompt tokens (0: price_input) */
     /* Circuit breaker. */
     uint32_t breaker_failures;  /* failures in the window that open it (5) */
     uint32_t breaker_failure_pct; /* or this % of the window's calls (0: off) */
@@ -96,6 +97,29 @@ typedef struct {
     char    *fallback;          /* group to use when none of ours can serve, or NULL */
 } llmq_group_t;
 
+/*  [tier NAME]: a tenant tier's quotas (0: none). A tier named free, basic,
+    pro or enterprise starts from the built-in values (docs/config.md). */
+typedef struct {
+    char    *name;
+    uint32_t rpm, rph, rpd;     /* requests per minute, hour, day */
+    uint64_t tokens_per_day;
+    uint32_t weight;            /* fair share weight (1) */
+} llmq_cfg_tier_t;
+
+/*  [user NAME]: a user's tier and budgets (USD; 0: none). */
+typedef struct {
+    char    *name;
+    char    *tier;              /* NULL: [tenants] default_tier */
+    double   budget_daily, budget_monthly;
+} llmq_cfg_user_t;
+
+/*  [org NAME]: an org's budgets (USD; 0: none) and fair share weight. */
+typedef struct {
+    char    *name;
+    double   budget_daily, budget_monthly;
+    uint32_t weight;            /* fair share weight (1) */
+} llmq_cfg_org_t;
+
 typedef struct {
     char    *path;              /* file it was loaded from (NULL: defaults only) */
     /* [broker] */
@@ -119,6 +143,18 @@ typedef struct {
     /* [worker] */
     char    *worker_broker;     /* broker backend to connect to (default = backend) */
     uint32_t worker_slots;      /* concurrent calls per worker process (64) */
+    /* [tenants] */
+    char    *default_tier;      /* tier of users without a [user] section ("free") */
+    uint32_t stream_weight;     /* a streamed job counts as this many requests (1) */
+    uint32_t large_job_tokens;  /* a job estimated at N x this counts N more (0: off) */
+    char    *budget_webhook;    /* URL POSTed each budget alert, or NULL */
+    /* [tier NAME], [user NAME], [org NAME], in file order */
+    llmq_cfg_tier_t *tiers;
+    size_t   ntiers;
+    llmq_cfg_user_t *users;
+    size_t   nusers;
+    llmq_cfg_org_t *orgs;
+    size_t   norgs;
     /* [deployment NAME] and [group NAME], in file order */
     llmq_deployment_t *deployments;
     size_t   ndeployments;
@@ -147,6 +183,12 @@ void llmq_config_destroy (llmq_config_t **self_p);
     ca_file: cannot use PATH: WHY" in `err` (may be NULL; cut to errlen). */
 int llmq_config_check_ca (const llmq_config_t *self, const llmq_deployment_t *dep,
                           char *err, size_t errlen);
+
+/*  A tier by name: the file's [tier NAME], else a built-in one (free,
+    basic, pro, enterprise); NULL if neither. */
+const llmq_cfg_tier_t *llmq_config_tier (const llmq_config_t *self, const char *name);
+/*  The built-in tiers (docs/config.md, [tier NAME]). */
+size_t llmq_config_builtin_tiers (const llmq_cfg_tier_t **tiers);
 
 /*  Look a deployment or group up by name; NULL if there is none. The
     pointer is borrowed and valid until the config is destroyed. */

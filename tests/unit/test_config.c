@@ -431,6 +431,16 @@ static const s_bad_t s_bad[] = {
       { "[deployment a] breaker_failure_pct: expected 1 to 100" } },
     { "[deployment a]\nprovider = echo\nrate_window = 10ms\n", 3,
       { "[deployment a] rate_window: expected 100ms to 1d" } },
+    //  Tenants
+    { "[user ann]\ntier = gold\n", 2,
+      { "[user ann] tier: no tier named 'gold'", "[tier gold]" } },
+    { "[tenants]\ndefault_tier = gold\n", 2, { "[tenants] default_tier: no tier named 'gold'" } },
+    { "[user ann]\n[user ann]\n", 2, { "[user ann]: defined twice (first at line 1)" } },
+    { "[org acme]\nbudget_daily = lots\n", 2,
+      { "[org acme] budget_daily: expected a decimal number >= 0" } },
+    { "[tier gold]\nrpm = -1\n", 2, { "[tier gold] rpm:" } },
+    { "[tier]\n", 1, { "[tier] needs a name" } },
+    { "[tenants]\nstream_weight = 0\n", 2, { "[tenants] stream_weight: expected 1 to 1000" } },
 };
 
 START_TEST (test_errors)
@@ -489,6 +499,47 @@ START_TEST (test_several_keys)
     const llmq_deployment_t *b = llmq_config_deployment (config, "b");
     ck_assert_uint_eq (b->napi_key_envs + b->napi_key_files, 0);
     ck_assert_ptr_null (b->api_key_env);
+    llmq_config_destroy (&config);
+}
+END_TEST
+
+START_TEST (test_tenant_sections)
+{
+    const char *path = s_write ("[tenants]\ndefault_tier = basic\nstream_weight = 2\n"
+                                "large_job_tokens = 8000\nbudget_webhook = http://127.0.0.1:9/hook\n"
+                                "[tier pro]\nrpm = 120\n"
+                                "[tier gold]\nrpm = 1000\nrph = 20000\ntokens_per_day = 5000000000\nweight = 4\n"
+                                "[user ann]\ntier = gold\nbudget_daily = 2.5\nbudget_monthly = 40\n"
+                                "[user bob]\n"
+                                "[org acme]\nbudget_monthly = 1000\nweight = 3\n");
+    char err[512];
+    llmq_config_t *config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    ck_assert_str_eq (config->default_tier, "basic");
+    ck_assert_uint_eq (config->stream_weight, 2);
+    ck_assert_uint_eq (config->large_job_tokens, 8000);
+    ck_assert_str_eq (config->budget_webhook, "http://127.0.0.1:9/hook");
+    ck_assert_uint_eq (config->ntiers, 2);
+    //  A built-in name starts from the built-in values.
+    const llmq_cfg_tier_t *pro = llmq_config_tier (config, "pro");
+    ck_assert_uint_eq (pro->rpm, 120);
+    ck_assert_uint_eq (pro->rph, 2000);
+    ck_assert_uint_eq (pro->rpd, 20000);
+    ck_assert_uint_eq (pro->tokens_per_day, 2000000);
+    const llmq_cfg_tier_t *gold = llmq_config_tier (config, "gold");
+    ck_assert_uint_eq (gold->rpd, 0);
+    ck_assert_uint_eq (gold->tokens_per_day, 5000000000ull);
+    ck_assert_uint_eq (gold->weight, 4);
+    ck_assert_uint_eq (llmq_config_tier (config, "free")->rpm, 10);
+    ck_assert_ptr_null (llmq_config_tier (config, "platinum"));
+    ck_assert_uint_eq (config->nusers, 2);
+    ck_assert_str_eq (config->users[0].tier, "gold");
+    ck_assert (config->users[0].budget_daily == 2.5);
+    ck_assert (config->users[0].budget_monthly == 40);
+    ck_assert_ptr_null (config->users[1].tier);
+    ck_assert_uint_eq (config->norgs, 1);
+    ck_assert (config->orgs[0].budget_monthly == 1000);
+    ck_assert_uint_eq (config->orgs[0].weight, 3);
     llmq_config_destroy (&config);
 }
 END_TEST
@@ -854,6 +905,7 @@ s_config_suite (void)
     tcase_add_test (errors, test_key_list_limits);
     tcase_add_test (errors, test_tls_keys);
     tcase_add_test (errors, test_resilience_keys);
+    tcase_add_test (errors, test_tenant_sections);
     tcase_add_test (errors, test_check_ca);
     tcase_add_test (errors, test_short_error_buffer);
     suite_add_tcase (suite, errors);
