@@ -291,8 +291,17 @@ s_encode_job (const llmq_job_t *j, llmq_buf_t *out)
     return s_map_end (&m);
 }
 
+/*  A remaining count on the wire: count + 1, so that 0 (left out) is
+    "not said" (-1) and a quota used up (0) is sent as 1. */
+static uint64_t
+s_remaining_wire (int64_t v)
+{
+    return v < 0 ? 0 : v == INT64_MAX ? (uint64_t) INT64_MAX : (uint64_t) v + 1;
+}
+
+/*  `quota`: with the rate-limit fields (DONE, FAILED). */
 static int
-s_encode_result (const llmq_result_t *r, llmq_buf_t *out)
+s_encode_result (const llmq_result_t *r, bool quota, llmq_buf_t *out)
 {
     s_map_t m;
     s_map_begin (&m, out);
@@ -319,6 +328,11 @@ s_encode_result (const llmq_result_t *r, llmq_buf_t *out)
     s_put_u (&m, "fin", r->finished_us);
     s_put_u (&m, "lat", r->latency_us);
     s_put_u (&m, "lease", r->lease);
+    if (quota) {
+        s_put_u (&m, "rlr", s_remaining_wire (r->rl_requests));
+        s_put_u (&m, "rlt", s_remaining_wire (r->rl_tokens));
+        s_put_u (&m, "rlms", r->rl_reset_ms);
+    }
     return s_map_end (&m);
 }
 
@@ -331,7 +345,7 @@ llmq_job_encode (const llmq_job_t *job, llmq_buf_t *out)
 int
 llmq_result_encode (const llmq_result_t *res, llmq_buf_t *out)
 {
-    return s_encode_result (res, out);
+    return s_encode_result (res, false, out);
 }
 
 int
@@ -374,7 +388,8 @@ llmq_msg_encode_body (const llmq_msg_t *msg, llmq_buf_t *out)
         s_key (&m, "results");
         msgpack_pack_array (&m.pk, msg->nresults);
         for (size_t i = 0; i < msg->nresults; i++) {
-            if (s_encode_result (&msg->results[i], out)) {
+            if (s_encode_result (&msg->results[i],
+                                 msg->cmd == LLMQ_CMD_DONE || msg->cmd == LLMQ_CMD_FAILED, out)) {
                 return -1;
             }
         }
@@ -531,6 +546,7 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
     if (map->type != MSGPACK_OBJECT_MAP) {
         return s_fail (d, "results", "expected a map per result");
     }
+    uint64_t rlr = 0, rlt = 0;          /* remaining + 1; 0: not said */
     for (uint32_t i = 0; i < map->via.map.size; i++) {
         const msgpack_object_kv *kv = &map->via.map.ptr[i];
         if (kv->key.type != MSGPACK_OBJECT_STR) {
@@ -561,7 +577,12 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_U ("fin", r->finished_us, UINT64_MAX);
         GET_U ("lat", r->latency_us, UINT64_MAX);
         GET_U ("lease", r->lease, UINT64_MAX);
+        GET_U ("rlr", rlr, INT64_MAX);
+        GET_U ("rlt", rlt, INT64_MAX);
+        GET_U ("rlms", r->rl_reset_ms, UINT64_MAX);
     }
+    r->rl_requests = (int64_t) rlr - 1;
+    r->rl_tokens = (int64_t) rlt - 1;
     return 0;
 }
 

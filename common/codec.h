@@ -142,6 +142,14 @@ typedef struct {
     uint64_t finished_us;       /* unix µs */
     uint64_t latency_us;        /* provider call time measured by the worker */
     uint64_t lease;             /* DONE: the lease this result is for (batched DONE) */
+    /*  The provider's quota as its rate-limit headers said with this
+        attempt's answer. Sent in DONE and FAILED only (worker to broker):
+        the encoder leaves them out of every other message and of stored
+        records, which decode them as unknown. */
+    int64_t  rl_requests;       /* requests remaining, -1: not said */
+    int64_t  rl_tokens;         /* tokens remaining, -1: not said */
+    uint64_t rl_reset_ms;       /* ms from sending until the quota that is used
+                                   up (else the sooner) resets, 0: not said */
 } llmq_result_t;
 
 /*  One message of any command. Fields a command does not use stay zero. */

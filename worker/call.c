@@ -88,11 +88,14 @@ s_batch_add (llmq_worker_t *w, const llmq_result_t *res, uint64_t lease)
     return 0;
 }
 
-/*  DONE or FAILED (slots=1) for a finished call. */
+/*  DONE or FAILED (slots=1) for a finished call. `rl`: the rate-limit
+    headers of the answer (NULL: none, a local provider), with `rl_reset_ms`
+    the ms from now until its limiting quota resets. */
 static void
 s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deployment_t *dep,
                 llmq_reply_t *reply, long status, uint64_t latency_us,
-                const char *request_id, uint64_t retry_after_ms)
+                const char *request_id, uint64_t retry_after_ms,
+                const llmq_ratelimit_t *rl, uint64_t rl_reset_ms)
 {
     const char *rid = request_id && *request_id ? request_id : reply->request_id;
     llmq_result_t res = {
@@ -106,6 +109,9 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
         .prompt_tokens = reply->prompt_tokens,
         .completion_tokens = reply->completion_tokens,
         .latency_us = latency_us,
+        .rl_requests = rl ? rl->remaining_requests : -1,
+        .rl_tokens = rl ? rl->remaining_tokens : -1,
+        .rl_reset_ms = rl ? rl_reset_ms : 0,
     };
     llmq_msg_t m = { .id = id, .lease = lease, .slots = 1, .results = &res, .nresults = 1 };
     if (reply->error_class == LLMQ_EC_NONE) {
@@ -181,6 +187,16 @@ s_on_timer (CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/*  A response begins: its rate-limit headers start from nothing, and their
+    relative resets count from now. */
+static void
+s_rl_start (llmq_call_t *c)
+{
+    llmq_ratelimit_init (&c->rl);
+    c->rl_wall_ms = (int64_t) (llmq_now_us () / 1000);
+    c->rl_mono_ms = llmq_mono_ms ();
+}
+
 static size_t
 s_on_header (char *line, size_t size, size_t nitems, void *arg)
 {
@@ -191,6 +207,7 @@ s_on_header (char *line, size_t size, size_t nitems, void *arg)
         c->status_known = false;
         c->is_sse = false;
         c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
+        s_rl_start (c);
         return n;
     }
     const char *colon = memchr (line, ':', n);
@@ -220,6 +237,13 @@ s_on_header (char *line, size_t size, size_t nitems, void *arg)
     }
     else if (nlen == 12 && strncasecmp (line, "content-type", 12) == 0) {
         c->is_sse = vlen >= 17 && strncasecmp (v, "text/event-stream", 17) == 0;
+    }
+    else {
+        if (!c->rl_mono_ms) {
+            s_rl_start (c);             /* headers without a status line: not from curl */
+        }
+        /*  x-ratelimit-*, anthropic-ratelimit-*: a malformed one is ignored. */
+        llmq_ratelimit_header (&c->rl, line, nlen, v, (size_t) vlen, c->rl_wall_ms);
     }
     return n;
 }
@@ -318,14 +342,28 @@ static void
 s_finish (llmq_call_t *c)
 {
     uint64_t latency = c->start_us ? llmq_mono_us () - c->start_us : 0;
+    /*  The quota resets count from the response's headers; the broker
+        reads them as from when it gets the result: take off the time the
+        body took (a long stream). */
+    uint64_t rl_wait = llmq_ratelimit_wait_ms (&c->rl);
+    if (rl_wait && c->rl_mono_ms) {
+        uint64_t since = llmq_mono_ms () - c->rl_mono_ms;
+        rl_wait = rl_wait > since ? rl_wait - since : 0;
+    }
     uint64_t retry_ms = 0;
     if (c->reply.error_class != LLMQ_EC_NONE && (c->retry_after[0] || c->retry_after_ms[0])) {
         retry_ms = llmq_retry_after_ms (c->retry_after[0] ? c->retry_after : NULL,
                                         c->retry_after_ms[0] ? c->retry_after_ms : NULL,
                                         time (NULL));
     }
+    if (!retry_ms && c->reply.error_class == LLMQ_EC_RATE_LIMITED
+        && (c->status == 429 || c->status == 529)) {
+        /*  Refused without (a usable) Retry-After: wait for the quota that
+            is used up to reset, as the rate-limit headers tell. */
+        retry_ms = rl_wait;
+    }
     s_send_outcome (c->w, c->id, c->lease, c->dep, &c->reply, c->status, latency,
-                    c->request_id, retry_ms);
+                    c->request_id, retry_ms, &c->rl, rl_wait);
     s_release (c);
 }
 
@@ -572,6 +610,9 @@ s_response_reset (llmq_call_t *c)
     c->resp.len = 0;
     c->pending.len = 0;             /* an aborted or retried call's text goes nowhere */
     c->request_id[0] = c->retry_after[0] = c->retry_after_ms[0] = '\0';
+    llmq_ratelimit_init (&c->rl);
+    c->rl_wall_ms = 0;
+    c->rl_mono_ms = 0;
     c->errbuf[0] = '\0';
     llmq_reply_reset (&c->reply);
     llmq_sse_reset (c->sse);
@@ -865,5 +906,6 @@ llmq_call_answer (llmq_worker_t *w, const llmq_provider_t *prov, const llmq_depl
     s_local_t l = { .w = w, .id = job->id, .lease = job->lease };
     llmq_reply_reset (&w->scratch);
     prov->answer (dep, job, &w->scratch, s_on_local_delta, &l);
-    s_send_outcome (w, job->id, job->lease, dep, &w->scratch, 0, llmq_mono_us () - start, NULL, 0);
+    s_send_outcome (w, job->id, job->lease, dep, &w->scratch, 0, llmq_mono_us () - start, NULL, 0,
+                    NULL, 0);
 }

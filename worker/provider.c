@@ -3,6 +3,7 @@
 */
 #include "provider.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -389,6 +390,373 @@ llmq_retry_after_ms (const char *retry_after, const char *retry_ms, time_t now)
         return S_RETRY_CAP_MS;
     }
     return (uint64_t) ceil (ms);
+}
+
+/*  --- rate-limit headers ------------------------------------------------ */
+
+#define S_NS_PER_MS 1000000ull
+#define S_NS_PER_S  1000000000ull
+#define S_CAP_NS    (S_RETRY_CAP_MS * S_NS_PER_MS)
+
+/*  Units of a Go duration, largest first: a duration names them in this
+    order, each at most once. Go writes µs as U+00B5 and accepts U+03BC. */
+static const struct {
+    const char *name;
+    uint64_t    ns;
+} s_units[] = {
+    { "h", 3600 * S_NS_PER_S }, { "m", 60 * S_NS_PER_S }, { "s", S_NS_PER_S },
+    { "ms", S_NS_PER_MS }, { "us", 1000 }, { "\xc2\xb5s", 1000 }, { "\xce\xbcs", 1000 },
+    { "ns", 1 }
+};
+#define S_NUNITS (sizeof s_units / sizeof s_units[0])
+
+/*  Rank of a unit in the order (the three spellings of µs share one). */
+static size_t
+s_unit_rank (size_t u)
+{
+    return u <= 4 ? u : u <= 6 ? 4 : 5;
+}
+
+int
+llmq_ratelimit_duration_ms (const char *s, uint64_t *ms)
+{
+    if (!s || !*s) {
+        return -1;
+    }
+    if (strcmp (s, "0") == 0) {
+        *ms = 0;                        /* Go's one unitless duration */
+        return 0;
+    }
+    uint64_t total = 0;                 /* ns, saturating at S_CAP_NS */
+    size_t next_rank = 0;               /* smallest rank the next unit may have */
+    const char *p = s;
+    while (*p) {
+        /*  <digits>[.<digits>] */
+        uint64_t whole = 0;
+        bool big = false;               /* whole part past any cap */
+        const char *start = p;
+        while (isdigit ((unsigned char) *p)) {
+            if (whole > S_CAP_NS) {
+                big = true;
+            }
+            else {
+                whole = whole * 10 + (uint64_t) (*p - '0');
+            }
+            p++;
+        }
+        if (p == start) {
+            return -1;
+        }
+        uint64_t frac = 0;              /* the first nine digits, in 1e-9 */
+        bool frac_more = false;         /* a non-zero digit past the ninth */
+        if (*p == '.') {
+            p++;
+            start = p;
+            uint64_t scale = S_NS_PER_S / 10;
+            while (isdigit ((unsigned char) *p)) {
+                if (scale) {
+                    frac += (uint64_t) (*p - '0') * scale;
+                    scale /= 10;
+                }
+                else
+                if (*p != '0') {
+                    frac_more = true;
+                }
+                p++;
+            }
+            if (p == start) {
+                return -1;
+            }
+        }
+        /*  <unit>: the letters up to the next number */
+        start = p;
+        while (*p && !isdigit ((unsigned char) *p) && *p != '.') {
+            p++;
+        }
+        size_t len = (size_t) (p - start), u = 0;
+        while (u < S_NUNITS && (strlen (s_units[u].name) != len
+                                || memcmp (s_units[u].name, start, len) != 0)) {
+            u++;
+        }
+        if (u == S_NUNITS || s_unit_rank (u) < next_rank) {
+            return -1;                  /* no unit, unknown, repeated or out of order */
+        }
+        next_rank = s_unit_rank (u) + 1;
+        uint64_t unit = s_units[u].ns;
+        if (big || whole > S_CAP_NS / unit) {
+            total = S_CAP_NS;
+            continue;
+        }
+        /*  frac * unit / 1e9 without overflow: units of a second or more
+            are whole seconds, smaller ones are under 1e6 ns. */
+        uint64_t part = whole * unit;
+        if (unit >= S_NS_PER_S) {
+            part += frac * (unit / S_NS_PER_S);
+        }
+        else {
+            part += frac * unit / S_NS_PER_S + ((frac * unit) % S_NS_PER_S != 0);
+        }
+        part += frac_more;              /* round up what was cut */
+        total = total + part > S_CAP_NS ? S_CAP_NS : total + part;
+    }
+    *ms = (total + S_NS_PER_MS - 1) / S_NS_PER_MS;
+    return 0;
+}
+
+/*  Exactly `n` decimal digits at *p: their value, *p moved past them; -1
+    if fewer. */
+static int
+s_fixed_digits (const char **p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit ((unsigned char) (*p)[i])) {
+            return -1;
+        }
+        v = v * 10 + ((*p)[i] - '0');
+    }
+    *p += n;
+    return v;
+}
+
+/*  Reads `n` digits then, if `sep` is not NUL, that separator. */
+static int
+s_field (const char **p, int n, char sep)
+{
+    int v = s_fixed_digits (p, n);
+    if (v < 0 || (sep && **p != sep)) {
+        return -1;
+    }
+    if (sep) {
+        (*p)++;
+    }
+    return v;
+}
+
+int
+llmq_rfc3339_ms (const char *s, int64_t now_ms, uint64_t *ms)
+{
+    static const int mdays[12] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+    if (!s) {
+        return -1;
+    }
+    const char *p = s;
+    int year = s_field (&p, 4, '-');
+    int mon = s_field (&p, 2, '-');
+    int day = s_field (&p, 2, '\0');
+    if (year < 0 || mon < 1 || mon > 12 || day < 1 || (*p != 'T' && *p != 't')) {
+        return -1;
+    }
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (day > mdays[mon - 1] + (mon == 2 && leap)) {
+        return -1;
+    }
+    p++;
+    int hour = s_field (&p, 2, ':');
+    int min = s_field (&p, 2, ':');
+    int sec = s_field (&p, 2, '\0');
+    if (hour < 0 || hour > 23 || min < 0 || min > 59 || sec < 0 || sec > 60) {
+        return -1;                      /* 60: a leap second */
+    }
+    int64_t frac_ms = 0;
+    if (*p == '.') {
+        p++;
+        const char *start = p;
+        int64_t scale = 100;
+        bool more = false;
+        while (isdigit ((unsigned char) *p)) {
+            if (scale) {
+                frac_ms += (*p - '0') * scale;
+                scale /= 10;
+            }
+            else
+            if (*p != '0') {
+                more = true;
+            }
+            p++;
+        }
+        if (p == start) {
+            return -1;
+        }
+        frac_ms += more;                /* round the instant up */
+    }
+    int64_t offset_s = 0;               /* local time minus UTC */
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    }
+    else
+    if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1;
+        p++;
+        int oh = s_field (&p, 2, ':');
+        int om = s_field (&p, 2, '\0');
+        if (oh < 0 || oh > 23 || om < 0 || om > 59) {
+            return -1;
+        }
+        offset_s = sign * (oh * 3600 + om * 60);
+    }
+    else {
+        return -1;
+    }
+    if (*p) {
+        return -1;
+    }
+    struct tm tm;
+    memset (&tm, 0, sizeof tm);
+    tm.tm_year = year - 1900;
+    tm.tm_mon = mon - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    time_t at = timegm (&tm);
+    if (at == (time_t) -1 && !(year == 1969 && mon == 12 && day == 31)) {
+        return -1;
+    }
+    int64_t at_ms = ((int64_t) at - offset_s) * 1000 + frac_ms;
+    if (at_ms <= now_ms) {
+        *ms = 0;
+    }
+    else {
+        uint64_t d = (uint64_t) (at_ms - now_ms);
+        *ms = d > S_RETRY_CAP_MS ? S_RETRY_CAP_MS : d;
+    }
+    return 0;
+}
+
+/*  The quotas of llmq_ratelimit_t's arrays, and what a header gives. */
+enum { S_Q_REQUESTS, S_Q_TOKENS, S_Q_INPUT, S_Q_OUTPUT };
+enum { S_V_COUNT, S_V_DURATION, S_V_TIME };
+
+static const struct {
+    const char *name;
+    uint8_t     quota;
+    uint8_t     kind;
+} s_rl_headers[] = {
+    /*  OpenAI (and Azure OpenAI) */
+    { "x-ratelimit-remaining-requests", S_Q_REQUESTS, S_V_COUNT },
+    { "x-ratelimit-remaining-tokens", S_Q_TOKENS, S_V_COUNT },
+    { "x-ratelimit-reset-requests", S_Q_REQUESTS, S_V_DURATION },
+    { "x-ratelimit-reset-tokens", S_Q_TOKENS, S_V_DURATION },
+    /*  Anthropic */
+    { "anthropic-ratelimit-requests-remaining", S_Q_REQUESTS, S_V_COUNT },
+    { "anthropic-ratelimit-requests-reset", S_Q_REQUESTS, S_V_TIME },
+    { "anthropic-ratelimit-tokens-remaining", S_Q_TOKENS, S_V_COUNT },
+    { "anthropic-ratelimit-tokens-reset", S_Q_TOKENS, S_V_TIME },
+    { "anthropic-ratelimit-input-tokens-remaining", S_Q_INPUT, S_V_COUNT },
+    { "anthropic-ratelimit-input-tokens-reset", S_Q_INPUT, S_V_TIME },
+    { "anthropic-ratelimit-output-tokens-remaining", S_Q_OUTPUT, S_V_COUNT },
+    { "anthropic-ratelimit-output-tokens-reset", S_Q_OUTPUT, S_V_TIME },
+};
+
+void
+llmq_ratelimit_init (llmq_ratelimit_t *rl)
+{
+    memset (rl, 0, sizeof *rl);
+    rl->remaining_requests = rl->remaining_tokens = -1;
+    for (size_t q = 0; q < 4; q++) {
+        rl->quota_remaining[q] = -1;
+    }
+}
+
+/*  The public fields from the per-quota ones. The tokens quota is
+    Anthropic's (and OpenAI's only) tokens header; without it, the input or
+    output tokens quota with fewer left (the later reset on a tie). */
+static void
+s_rl_derive (llmq_ratelimit_t *rl)
+{
+    const int64_t *left = rl->quota_remaining;
+    const uint64_t *reset = rl->quota_reset_ms;
+    int q = S_Q_TOKENS;
+    if (left[S_Q_TOKENS] < 0 && (left[S_Q_INPUT] >= 0 || left[S_Q_OUTPUT] >= 0)) {
+        if (left[S_Q_OUTPUT] < 0 || (left[S_Q_INPUT] >= 0 && left[S_Q_INPUT] < left[S_Q_OUTPUT])) {
+            q = S_Q_INPUT;
+        }
+        else
+        if (left[S_Q_INPUT] < 0 || left[S_Q_OUTPUT] < left[S_Q_INPUT]) {
+            q = S_Q_OUTPUT;
+        }
+        else {
+            q = reset[S_Q_INPUT] >= reset[S_Q_OUTPUT] ? S_Q_INPUT : S_Q_OUTPUT;
+        }
+    }
+    rl->remaining_requests = left[S_Q_REQUESTS];
+    rl->reset_requests_ms = reset[S_Q_REQUESTS];
+    rl->remaining_tokens = left[q];
+    rl->reset_tokens_ms = reset[q];
+}
+
+int
+llmq_ratelimit_header (llmq_ratelimit_t *rl, const char *name, size_t nlen,
+                       const char *value, size_t vlen, int64_t now_ms)
+{
+    /*  Most headers are none of these: one compare sends them away. */
+    if (!(nlen > 12 && strncasecmp (name, "x-ratelimit-", 12) == 0)
+        && !(nlen > 20 && strncasecmp (name, "anthropic-ratelimit-", 20) == 0)) {
+        return 0;
+    }
+    size_t h = 0;
+    while (h < sizeof s_rl_headers / sizeof s_rl_headers[0]
+           && (strlen (s_rl_headers[h].name) != nlen
+               || strncasecmp (s_rl_headers[h].name, name, nlen) != 0)) {
+        h++;
+    }
+    if (h == sizeof s_rl_headers / sizeof s_rl_headers[0]) {
+        return 0;                       /* x-ratelimit-limit-requests, ... */
+    }
+    while (vlen && (*value == ' ' || *value == '\t')) {
+        value++;
+        vlen--;
+    }
+    while (vlen && (value[vlen - 1] == ' ' || value[vlen - 1] == '\t'
+                    || value[vlen - 1] == '\r' || value[vlen - 1] == '\n')) {
+        vlen--;
+    }
+    char v[64];
+    if (vlen == 0 || vlen >= sizeof v) {
+        return -1;
+    }
+    memcpy (v, value, vlen);
+    v[vlen] = '\0';
+    int q = s_rl_headers[h].quota;
+    if (s_rl_headers[h].kind == S_V_COUNT) {
+        int64_t n = 0;
+        for (size_t i = 0; i < vlen; i++) {
+            if (!isdigit ((unsigned char) v[i]) || n > (INT64_MAX - 9) / 10) {
+                return -1;
+            }
+            n = n * 10 + (v[i] - '0');
+        }
+        rl->quota_remaining[q] = n;
+    }
+    else {
+        uint64_t ms;
+        int rc = s_rl_headers[h].kind == S_V_DURATION ? llmq_ratelimit_duration_ms (v, &ms)
+                                                      : llmq_rfc3339_ms (v, now_ms, &ms);
+        if (rc != 0) {
+            return -1;
+        }
+        rl->quota_reset_ms[q] = ms;
+    }
+    s_rl_derive (rl);
+    return 1;
+}
+
+uint64_t
+llmq_ratelimit_wait_ms (const llmq_ratelimit_t *rl)
+{
+    uint64_t wait = 0;
+    if (rl->remaining_requests == 0) {
+        wait = rl->reset_requests_ms;
+    }
+    if (rl->remaining_tokens == 0 && rl->reset_tokens_ms > wait) {
+        wait = rl->reset_tokens_ms;
+    }
+    if (wait) {
+        return wait;
+    }
+    uint64_t a = rl->reset_requests_ms, b = rl->reset_tokens_ms;
+    return a && b ? (a < b ? a : b) : a ? a : b;
 }
 
 uint32_t

@@ -176,6 +176,75 @@ int  llmq_transport_error_class (int curlcode, bool streamed);
     capped at one day. */
 uint64_t llmq_retry_after_ms (const char *retry_after, const char *retry_ms, time_t now);
 
+/*  --- rate-limit headers ----------------------------------------------
+
+    Providers say with every answer how much of their quota is left and when
+    it fills up again:
+        OpenAI, Azure  x-ratelimit-remaining-requests, -remaining-tokens:
+                       counts; x-ratelimit-reset-requests, -reset-tokens:
+                       durations from now, Go style ("1s", "6m0s", "20ms")
+        Anthropic      anthropic-ratelimit-requests-remaining, -tokens-
+                       remaining (and -input-tokens-, -output-tokens-):
+                       counts; the matching -reset headers: RFC 3339 times
+                       ("2024-09-25T17:53:05Z")
+        Gemini         none
+    The worker feeds every header of an answer to llmq_ratelimit_header and
+    sends what it learned with the DONE or FAILED (result fields rlr, rlt,
+    rlms), so that the broker pauses a deployment whose quota is used up
+    until it resets; on a 429 without Retry-After the reset is the wait. */
+
+/*  What the headers of one answer said. The first four fields are what
+    callers read; the rest is llmq_ratelimit_header's bookkeeping. */
+typedef struct {
+    int64_t  remaining_requests;    /* -1: not said */
+    int64_t  remaining_tokens;      /* -1: not said. Anthropic: the tokens
+                                       quota, else the smaller of the input
+                                       and output token quotas */
+    uint64_t reset_requests_ms;     /* ms from the answer until the requests
+                                       quota resets; 0: not said (or now) */
+    uint64_t reset_tokens_ms;       /* same for the tokens quota of
+                                       remaining_tokens */
+    int64_t  quota_remaining[4];    /* per quota: requests, tokens, input, output */
+    uint64_t quota_reset_ms[4];
+} llmq_ratelimit_t;
+
+/*  Forget everything: all unknown (-1 and 0), for a new answer. */
+void llmq_ratelimit_init (llmq_ratelimit_t *rl);
+
+/*  Take one response header: `name` (nlen bytes, any case) and `value`
+    (vlen bytes, surrounding spaces already cut; neither need be
+    NUL-terminated). `now_ms` is the wall clock (unix ms) when the answer
+    arrived, for Anthropic's absolute reset times. Returns 1 if the header
+    is one of the rate-limit headers above and its value was taken, 0 if it
+    is not one of them, -1 if it is one but its value is malformed (then
+    ignored: `rl` is unchanged). A header seen twice: the last one counts. */
+int  llmq_ratelimit_header (llmq_ratelimit_t *rl, const char *name, size_t nlen,
+                            const char *value, size_t vlen, int64_t now_ms);
+
+/*  Milliseconds until the quota that holds us back resets: the later reset
+    of the quotas whose remaining count is 0, or, when none is used up (or
+    the used-up one's reset was not said), the sooner non-zero reset of the
+    two. 0 when the headers said no reset. */
+uint64_t llmq_ratelimit_wait_ms (const llmq_ratelimit_t *rl);
+
+/*  A duration as OpenAI writes its reset headers (Go's time.Duration
+    format): one or more <number><unit>, units in decreasing order and
+    each at most once, h m s ms us (or µs) ns; the number is decimal digits
+    with an optional fraction (".5", at least one digit on each side of the
+    dot). "0" alone is allowed (zero). No sign, no spaces inside. Examples:
+    "1s", "6m0s", "59.5s", "20ms", "1h2m3s". Sets *ms to the duration
+    rounded up to a whole ms, capped at one day, and returns 0; -1 (and *ms
+    unchanged) if `s` is not such a duration. */
+int  llmq_ratelimit_duration_ms (const char *s, uint64_t *ms);
+
+/*  An RFC 3339 date-time, "2024-09-25T17:53:05Z": date, 'T', time with
+    optional fraction of a second, then 'Z' or an offset "+02:00" ('t' and
+    'z' also; no spaces). Sets *ms to the milliseconds from `now_ms` (unix
+    ms) to that instant, rounded up, 0 if it is not after `now_ms`, capped
+    at one day, and returns 0; -1 (and *ms unchanged) if malformed or out
+    of range (month 13, 30 February, hour 24...). */
+int  llmq_rfc3339_ms (const char *s, int64_t now_ms, uint64_t *ms);
+
 /*  Words (runs of non-space bytes) in `s`. */
 uint32_t llmq_count_words (const char *s, size_t len);
 

@@ -104,7 +104,7 @@ s_refuse (llmq_worker_t *w, uint64_t id, uint64_t lease, uint32_t slots, int ec,
           const char *deployment, const char *reason)
 {
     llmq_result_t res = { .id = id, .error_class = (uint8_t) ec, .error = reason,
-                          .deployment = deployment };
+                          .deployment = deployment, .rl_requests = -1, .rl_tokens = -1 };
     llmq_msg_t m = { .cmd = LLMQ_CMD_FAILED, .id = id, .lease = lease, .slots = slots,
                      .results = &res, .nresults = 1 };
     llmq_worker_send (w, &m);

@@ -50,6 +50,9 @@ struct llmq_call {
     char    request_id[128];    /* x-request-id header, "" if none */
     char    retry_after[64];    /* Retry-After header, "" if none */
     char    retry_after_ms[32]; /* retry-after-ms header, "" if none */
+    llmq_ratelimit_t rl;        /* rate-limit headers of the response (provider.h) */
+    int64_t rl_wall_ms;         /* unix ms when the response's headers began */
+    uint64_t rl_mono_ms;        /* monotonic ms of that moment, 0 before any response */
     char    errbuf[CURL_ERROR_SIZE];    /* curl's detailed error text */
 };
 

@@ -119,6 +119,9 @@ s_full_result (uint64_t n)
         .started_us = 1767225501000000ull,
         .finished_us = 1767225502000000ull,
         .latency_us = 987654,
+        .rl_requests = 0,                       //  used up: sent as 1
+        .rl_tokens = n % 2 ? -1 : 149984,       //  not said: left out
+        .rl_reset_ms = 6 * 60 * 1000,
     };
     return res;
 }
@@ -259,8 +262,10 @@ s_assert_job_eq (const llmq_job_t *a, const llmq_job_t *b)
     ck_assert_pstr_eq (a->last_error, b->last_error);
 }
 
+//  `quota`: the rate-limit fields travel too (DONE, FAILED); otherwise they
+//  must come back as unknown.
 static void
-s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b)
+s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b, bool quota)
 {
     ck_assert_uint_eq (a->id, b->id);
     ck_assert_uint_eq (a->state, b->state);
@@ -284,6 +289,16 @@ s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b)
     ck_assert_uint_eq (a->started_us, b->started_us);
     ck_assert_uint_eq (a->finished_us, b->finished_us);
     ck_assert_uint_eq (a->latency_us, b->latency_us);
+    if (quota) {
+        ck_assert_int_eq (a->rl_requests, b->rl_requests);
+        ck_assert_int_eq (a->rl_tokens, b->rl_tokens);
+        ck_assert_uint_eq (a->rl_reset_ms, b->rl_reset_ms);
+    }
+    else {
+        ck_assert_int_eq (b->rl_requests, -1);
+        ck_assert_int_eq (b->rl_tokens, -1);
+        ck_assert_uint_eq (b->rl_reset_ms, 0);
+    }
 }
 
 static void
@@ -314,7 +329,8 @@ s_assert_msg_eq (const llmq_msg_t *a, const llmq_msg_t *b)
     ck_assert_pstr_eq (a->text, b->text);
     ck_assert_uint_eq (a->nresults, b->nresults);
     for (size_t i = 0; i < a->nresults; i++) {
-        s_assert_result_eq (&a->results[i], &b->results[i]);
+        s_assert_result_eq (&a->results[i], &b->results[i],
+                            a->cmd == LLMQ_CMD_DONE || a->cmd == LLMQ_CMD_FAILED);
     }
     ck_assert_pstr_eq (a->batch_id, b->batch_id);
     ck_assert_uint_eq (a->after, b->after);
@@ -626,6 +642,65 @@ START_TEST (test_integer_limits)
 }
 END_TEST
 
+//  The provider's quota rides DONE and FAILED: remaining counts go as
+//  count + 1 so that an absent field reads as "not said" (-1) and a used-up
+//  quota (0) survives; other messages and stored records leave them out.
+START_TEST (test_result_quota)
+{
+    llmq_result_t res[4] = {
+        { .id = 1, .lease = 1, .rl_requests = -1, .rl_tokens = -1 },           //  nothing said
+        { .id = 2, .lease = 2, .rl_requests = 0, .rl_tokens = 0, .rl_reset_ms = 1 },
+        { .id = 3, .lease = 3, .rl_requests = 59, .rl_tokens = -1, .rl_reset_ms = 360000 },
+        { .id = 4, .lease = 4, .rl_requests = INT64_MAX - 1, .rl_tokens = 149984,
+          .rl_reset_ms = UINT64_MAX },
+    };
+    llmq_arena_t *arena = llmq_arena_new ();
+    //  One DONE with the four, then each alone in a FAILED.
+    for (size_t i = 0; i <= 4; i++) {
+        llmq_msg_t in = { .cmd = i < 4 ? LLMQ_CMD_FAILED : LLMQ_CMD_DONE, .id = 1, .lease = 1,
+                          .slots = 1, .results = i < 4 ? &res[i] : res, .nresults = i < 4 ? 1 : 4 };
+        llmq_msg_t out;
+        s_roundtrip (&in, &out, arena);
+        s_assert_msg_eq (&in, &out);
+        llmq_arena_reset (arena);
+    }
+    //  INT64_MAX itself saturates to INT64_MAX - 1 (the wire holds count + 1).
+    res[0].rl_requests = INT64_MAX;
+    llmq_msg_t in = { .cmd = LLMQ_CMD_FAILED, .id = 1, .lease = 1, .results = res, .nresults = 1 };
+    llmq_msg_t out;
+    s_roundtrip (&in, &out, arena);
+    ck_assert_int_eq (out.results[0].rl_requests, INT64_MAX - 1);
+    llmq_arena_reset (arena);
+
+    //  A peer that knows nothing of quotas: absent reads as "not said".
+    char why[256] = "";
+    //  {"id": 1, "lease": 1, "results": [{"id": 1}]}
+    ck_assert_int_eq (llmq_msg_decode_body (LLMQ_CMD_DONE,
+                      S_BYTES ("\x83" "\xa2" "id" "\x01" "\xa5" "lease" "\x01" "\xa7" "results"
+                               "\x91" "\x81" "\xa2" "id" "\x01"), &out, arena, why, sizeof why), LLMQ_OK);
+    ck_assert_int_eq (out.results[0].rl_requests, -1);
+    ck_assert_int_eq (out.results[0].rl_tokens, -1);
+    ck_assert_uint_eq (out.results[0].rl_reset_ms, 0);
+    llmq_arena_reset (arena);
+    //  {"id": 1, "lease": 1, "results": [{"rlr": 1, "rlt": 0, "rlms": 1000}]}: none
+    //  left, tokens not said, resets in a second.
+    ck_assert_int_eq (llmq_msg_decode_body (LLMQ_CMD_FAILED,
+                      S_BYTES ("\x83" "\xa2" "id" "\x01" "\xa5" "lease" "\x01" "\xa7" "results"
+                               "\x91" "\x83" "\xa3" "rlr" "\x01" "\xa3" "rlt" "\x00"
+                               "\xa4" "rlms" "\xcd\x03\xe8"), &out, arena, why, sizeof why), LLMQ_OK);
+    ck_assert_int_eq (out.results[0].rl_requests, 0);
+    ck_assert_int_eq (out.results[0].rl_tokens, -1);
+    ck_assert_uint_eq (out.results[0].rl_reset_ms, 1000);
+    llmq_arena_reset (arena);
+
+    //  Not to clients: a RESULT with the same result carries no quota.
+    in = (llmq_msg_t) { .cmd = LLMQ_CMD_RESULT, .results = &res[3], .nresults = 1 };
+    s_roundtrip (&in, &out, arena);
+    s_assert_msg_eq (&in, &out);        //  compares them as unknown
+    llmq_arena_destroy (&arena);
+}
+END_TEST
+
 //  The body-only pair, for callers that framed the message themselves.
 START_TEST (test_body_only)
 {
@@ -857,6 +932,11 @@ static const struct {
     { LLMQ_CMD_RESULT, S_BYTES ("\x81" "\xa7" "results" "\x91" "\x81" "\xa3" "att" "\xfd"), "'att'" },
     //  {"results": [[]]}
     { LLMQ_CMD_RESULT, S_BYTES ("\x81" "\xa7" "results" "\x91" "\x90"), "'results'" },
+    //  {"results": [{"rlr": 2^64-1}]}: a count + 1 must fit an int64
+    { LLMQ_CMD_RESULT, S_BYTES ("\x81" "\xa7" "results" "\x91" "\x81" "\xa3" "rlr"
+                                "\xcf\xff\xff\xff\xff\xff\xff\xff\xff"), "'rlr'" },
+    //  {"results": [{"rlt": -1}]}: "not said" is 0 or absent, never negative
+    { LLMQ_CMD_RESULT, S_BYTES ("\x81" "\xa7" "results" "\x91" "\x81" "\xa3" "rlt" "\xff"), "'rlt'" },
     //  {1: 2}: a body key that is not a string
     { LLMQ_CMD_PING, S_BYTES ("\x81" "\x01" "\x02"), "'body'" },
 };
@@ -1181,7 +1261,7 @@ START_TEST (test_result_record)
     ck_assert_int_eq (llmq_result_encode (&res, &rec), 0);
     llmq_arena_t *arena = llmq_arena_new ();
     ck_assert_int_eq (llmq_result_decode (rec.data, rec.size, &back, arena), 0);
-    s_assert_result_eq (&res, &back);
+    s_assert_result_eq (&res, &back, false);    //  not stored
     for (size_t len = 0; len < rec.size; len++) {
         ck_assert_int_ne (llmq_result_decode (rec.data, len, &back, arena), 0);
     }
@@ -1274,6 +1354,7 @@ s_codec_suite (void)
     tcase_add_test (roundtrip, test_one_mebibyte);
     tcase_add_test (roundtrip, test_integer_limits);
     tcase_add_test (roundtrip, test_body_only);
+    tcase_add_test (roundtrip, test_result_quota);
     suite_add_tcase (suite, roundtrip);
 
     TCase *framing = tcase_create ("framing");
