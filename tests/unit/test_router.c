@@ -28,7 +28,7 @@ s_on_event (void *arg, size_t dep, int from, int to, const char *reason, uint64_
 static void
 s_router (size_t n, int strategy)
 {
-    static char names[8][8];
+    static char names[8][24];
     memset (s_events, 0, sizeof s_events);
     for (size_t i = 0; i < n; i++) {
         llmq_dep_policy_defaults (&s_deps[i]);
