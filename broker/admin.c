@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "codec.h"
+
 typedef json_t *(s_op_fn) (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen);
 
 static json_t *
@@ -49,12 +51,344 @@ s_breaker_history (llmq_admin_t *ctx, const json_t *req, int *code, char *why, s
     return json_pack ("{s:O}", "history", ctx->history ? (json_t *) ctx->history : json_array ());
 }
 
+/* ------------------------------------------------------------------------
+   Dead letters (store.h, llmq_store_dead_*)
+   ------------------------------------------------------------------------ */
+
+/*  Jobs one "all" request requeues or purges, at most: one loop turn of
+    the broker does them, so a million dead letters take a hundred
+    requests (the answer says "more") rather than one long stall. */
+#define S_BULK_MAX 10000
+
+/*  Optional unsigned integer field; false (with the reason set) if present
+    and not one, or outside [min, max]. */
+static bool
+s_uint_arg (const json_t *req, const char *key, uint64_t min, uint64_t max, uint64_t *out, int *code,
+            char *why, size_t whylen)
+{
+    const json_t *v = json_object_get (req, key);
+    if (!v) {
+        return true;
+    }
+    if (!json_is_integer (v) || json_integer_value (v) < 0 || (uint64_t) json_integer_value (v) < min
+    ||  (uint64_t) json_integer_value (v) > max) {
+        *code = LLMQ_ERR_INVALID;
+        snprintf (why, whylen, "field '%s': expected an integer from %llu to %llu", key,
+                  (unsigned long long) min, (unsigned long long) max);
+        return false;
+    }
+    *out = (uint64_t) json_integer_value (v);
+    return true;
+}
+
+/*  Optional string field "model"; *model NULL when absent. */
+static bool
+s_model_arg (const json_t *req, const char **model, int *code, char *why, size_t whylen)
+{
+    const json_t *v = json_object_get (req, "model");
+    *model = NULL;
+    if (!v || json_is_null (v)) {
+        return true;
+    }
+    if (!json_is_string (v) || !*json_string_value (v)) {
+        *code = LLMQ_ERR_INVALID;
+        snprintf (why, whylen, "field 'model': expected a model group name");
+        return false;
+    }
+    *model = json_string_value (v);
+    return true;
+}
+
+/*  Why `id` is not a dead letter: a job in another state, or none. */
+static json_t *
+s_not_dead (llmq_admin_t *ctx, uint64_t id, int *code, char *why, size_t whylen)
+{
+    llmq_result_t res;
+    if (llmq_store_status (ctx->store, id, &res, ctx->arena) == 0) {
+        *code = LLMQ_ERR_STATE;
+        snprintf (why, whylen, "job %llu is %s, not dead-lettered", (unsigned long long) id,
+                  llmq_state_name (res.state));
+    }
+    else {
+        *code = LLMQ_ERR_NOT_FOUND;
+        snprintf (why, whylen, "no dead job %llu (no such job, or its result expired)", (unsigned long long) id);
+    }
+    return NULL;
+}
+
+/*  The target of a requeue or purge: {"id": N} or {"all": true}. */
+static bool
+s_target_args (const json_t *req, uint64_t *id, bool *all, const char **model, int *code, char *why,
+               size_t whylen)
+{
+    const json_t *a = json_object_get (req, "all");
+    *id = 0;
+    *all = false;
+    if (a && !json_is_boolean (a)) {
+        *code = LLMQ_ERR_INVALID;
+        snprintf (why, whylen, "field 'all': expected true or false");
+        return false;
+    }
+    *all = json_is_true (a);
+    if (!s_uint_arg (req, "id", 1, INT64_MAX, id, code, why, whylen)
+    ||  !s_model_arg (req, model, code, why, whylen)) {
+        return false;
+    }
+    if (*all == (*id != 0)) {
+        *code = LLMQ_ERR_INVALID;
+        snprintf (why, whylen, *all ? "field 'id': not with \"all\": one job or all of them"
+                                    : "field 'id': expected a job id (or \"all\": true)");
+        return false;
+    }
+    if (*model && !*all) {
+        *code = LLMQ_ERR_INVALID;
+        snprintf (why, whylen, "field 'model': only with \"all\": true");
+        return false;
+    }
+    return true;
+}
+
+/*  A stored JSON text as JSON (the body and meta are JSON), or as a string
+    if it does not parse. */
+static json_t *
+s_json_text (const char *text)
+{
+    if (!text) {
+        return json_null ();
+    }
+    json_t *v = json_loads (text, JSON_DECODE_ANY, NULL);
+    return v ? v : json_string (text);
+}
+
+static json_t *
+s_str_or_null (const char *s)
+{
+    return s ? json_string (s) : json_null ();
+}
+
+/*  One dead letter as the list shows it. */
+static json_t *
+s_dead_summary (const llmq_dead_t *d)
+{
+    const llmq_result_t *r = &d->result;
+    return json_pack ("{s:I, s:o, s:I, s:o, s:s, s:i, s:I, s:o, s:o}",
+                      "id", (json_int_t) d->job.id,
+                      "model", s_str_or_null (d->job.model),
+                      "attempts", (json_int_t) r->attempts,
+                      "error", s_str_or_null (r->error),
+                      "error_class", llmq_error_class_name (r->error_class),
+                      "http_status", (int) r->http_status,
+                      "finished_us", (json_int_t) r->finished_us,
+                      "batch", s_str_or_null (d->job.batch_id),
+                      "custom_id", s_str_or_null (d->job.custom_id));
+}
+
+/*  "dead.list" {"after": ID, "limit": N, "model": M}: a page of dead
+    letters in id order; "next" is the cursor for the next page. */
+static json_t *
+s_dead_list (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    uint64_t after = 0, limit = LLMQ_STORE_DEAD_PAGE;
+    const char *model;
+    if (!s_uint_arg (req, "after", 0, INT64_MAX, &after, code, why, whylen)
+    ||  !s_uint_arg (req, "limit", 1, LLMQ_STORE_DEAD_PAGE_MAX, &limit, code, why, whylen)
+    ||  !s_model_arg (req, &model, code, why, whylen)) {
+        return NULL;
+    }
+    llmq_dead_t *jobs;
+    size_t n;
+    uint64_t next;
+    bool more;
+    int rc = llmq_store_dead_list (ctx->store, model, after, (uint32_t) limit, &jobs, &n, &next, &more,
+                                   ctx->arena);
+    if (rc) {
+        *code = rc;
+        snprintf (why, whylen, "cannot list dead jobs: %s", llmq_strerror (rc));
+        return NULL;
+    }
+    json_t *list = json_array ();
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new (list, s_dead_summary (&jobs[i]));
+    }
+    return json_pack ("{s:o, s:I, s:b}", "jobs", list, "next", (json_int_t) next, "more", more);
+}
+
+/*  "dead.show" {"id": ID}: everything about one dead letter, body too. */
+static json_t *
+s_dead_show (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    uint64_t id = 0;
+    if (!s_uint_arg (req, "id", 1, INT64_MAX, &id, code, why, whylen)) {
+        return NULL;
+    }
+    if (!id) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "field 'id': expected a job id");
+    }
+    llmq_dead_t d;
+    int rc = llmq_store_dead_get (ctx->store, id, &d, ctx->arena);
+    if (rc == LLMQ_ERR_NOT_FOUND) {
+        return s_not_dead (ctx, id, code, why, whylen);
+    }
+    if (rc) {
+        *code = rc;
+        snprintf (why, whylen, "cannot read dead job %llu: %s", (unsigned long long) id, llmq_strerror (rc));
+        return NULL;
+    }
+    const llmq_job_t *j = &d.job;
+    const llmq_result_t *r = &d.result;
+    json_t *out = s_dead_summary (&d);
+    json_t *more = json_pack ("{s:s, s:s, s:I, s:o, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:b, s:b, s:o, s:o}",
+                              "state", llmq_state_name (r->state),
+                              "priority", llmq_priority_name (j->priority),
+                              "max_attempts", (json_int_t) j->max_attempts,
+                              "deployment", s_str_or_null (r->deployment),
+                              "enqueued_us", (json_int_t) j->enqueued_us,
+                              "started_us", (json_int_t) r->started_us,
+                              "expires_us", (json_int_t) d.expire_at_us,
+                              "idempotency_key", s_str_or_null (j->idem_key),
+                              "user", s_str_or_null (j->user),
+                              "org", s_str_or_null (j->org),
+                              "request_id", s_str_or_null (r->request_id),
+                              "stream", j->stream,
+                              "restart", j->restart,
+                              "body", s_json_text (j->body),
+                              "meta", s_json_text (j->meta));
+    if (!out || !more || json_object_update (out, more) != 0) {
+        json_decref (out);
+        json_decref (more);
+        return s_fail (code, LLMQ_ERR_NOMEM, why, whylen, "out of memory");
+    }
+    json_decref (more);
+    return out;
+}
+
+/*  Is `model` a group of the configuration? Jobs of a group that is gone
+    would wait in the queue for nothing. */
+static bool
+s_group_known (llmq_admin_t *ctx, const char *model)
+{
+    return !ctx->config || (model && llmq_config_group (ctx->config, model) != NULL);
+}
+
+static json_t *
+s_unknown_group (const char *model, int *code, char *why, size_t whylen)
+{
+    *code = LLMQ_ERR_UNKNOWN_MODEL;
+    snprintf (why, whylen, "no model group '%s' in the broker's configuration: its jobs cannot run",
+              model ? model : "");
+    return NULL;
+}
+
+/*  "dead.requeue" {"id": ID} or {"all": true[, "model": M]}: back in the
+    queue as fresh jobs. "all" without a model takes the groups of the
+    configuration one by one: jobs of a group no longer configured stay
+    dead (name it to be told). */
+static json_t *
+s_dead_requeue (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    uint64_t id;
+    bool all;
+    const char *model;
+    if (!s_target_args (req, &id, &all, &model, code, why, whylen)) {
+        return NULL;
+    }
+    size_t n = 0;
+    bool more = false;
+    int rc = 0;
+    if (!all) {
+        llmq_dead_t d;
+        rc = llmq_store_dead_get (ctx->store, id, &d, ctx->arena);
+        if (rc == LLMQ_ERR_NOT_FOUND) {
+            return s_not_dead (ctx, id, code, why, whylen);
+        }
+        if (rc == 0 && !s_group_known (ctx, d.job.model)) {
+            return s_unknown_group (d.job.model, code, why, whylen);
+        }
+        if (rc == 0) {
+            rc = llmq_store_dead_requeue (ctx->store, id, ctx->now_us);
+        }
+        n = rc == 0 ? 1 : 0;
+    }
+    else
+    if (model || !ctx->config) {
+        if (model && !s_group_known (ctx, model)) {
+            return s_unknown_group (model, code, why, whylen);
+        }
+        rc = llmq_store_dead_requeue_all (ctx->store, model, ctx->now_us, S_BULK_MAX, &n, &more);
+    }
+    else {
+        for (size_t i = 0; rc == 0 && i < ctx->config->ngroups; i++) {
+            if (n == S_BULK_MAX) {
+                more = true;        /* perhaps: the next request says */
+                break;
+            }
+            size_t got = 0;
+            bool left = false;
+            rc = llmq_store_dead_requeue_all (ctx->store, ctx->config->groups[i].name, ctx->now_us,
+                                              S_BULK_MAX - n, &got, &left);
+            n += got;
+            more = more || left;
+            if (rc == LLMQ_ERR_STORE_FULL && n) {
+                rc = 0;             /* what is done stays done */
+                more = true;
+                break;
+            }
+        }
+    }
+    if (n && ctx->changed) {
+        ctx->changed (ctx->changed_arg);
+    }
+    if (rc) {
+        *code = rc;
+        snprintf (why, whylen, "%s", rc == LLMQ_ERR_STORE_FULL
+                  ? "no room in the broker's store to queue the job(s) again now: retry shortly"
+                  : llmq_strerror (rc));
+        return NULL;
+    }
+    return json_pack ("{s:I, s:b}", "requeued", (json_int_t) n, "more", more);
+}
+
+/*  "dead.purge" {"id": ID} or {"all": true[, "model": M]}: deleted now. */
+static json_t *
+s_dead_purge (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    uint64_t id;
+    bool all;
+    const char *model;
+    if (!s_target_args (req, &id, &all, &model, code, why, whylen)) {
+        return NULL;
+    }
+    size_t n = 0;
+    bool more = false;
+    int rc;
+    if (all) {
+        rc = llmq_store_dead_purge_all (ctx->store, model, S_BULK_MAX, &n, &more);
+    }
+    else {
+        rc = llmq_store_dead_purge (ctx->store, id);
+        if (rc == LLMQ_ERR_NOT_FOUND) {
+            return s_not_dead (ctx, id, code, why, whylen);
+        }
+        n = rc == 0 ? 1 : 0;
+    }
+    if (rc) {
+        *code = rc;
+        snprintf (why, whylen, "%s", llmq_strerror (rc));
+        return NULL;
+    }
+    return json_pack ("{s:I, s:b}", "purged", (json_int_t) n, "more", more);
+}
+
 static const struct {
     const char *name;
     s_op_fn *fn;
 } s_ops[] = {
     { "breaker.reset",   s_breaker_reset },
     { "breaker.history", s_breaker_history },
+    { "dead.list",       s_dead_list },
+    { "dead.show",       s_dead_show },
+    { "dead.requeue",    s_dead_requeue },
+    { "dead.purge",      s_dead_purge },
 };
 
 json_t *

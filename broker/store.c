@@ -52,6 +52,7 @@ struct llmq_store {
     MDB_dbi state;                  /* name -> blob: the router's snapshots */
     MDB_dbi meta, routes, jobs, ready, delayed, deadlines, leases, results, expiry, idem,
             batches, batchjobs;
+    MDB_dbi dead;                   /* id -> expire_at|route|job record: dead letters */
     llmq_store_opts_t opts;
     uint64_t next_id;               /* next job id */
     uint64_t next_lease;            /* next lease token */
@@ -78,6 +79,7 @@ struct llmq_store {
 static uint64_t s_page_cost (llmq_store_t *self, size_t size);
 static uint64_t s_reserve (llmq_store_t *self);
 static bool s_room (llmq_store_t *self, uint64_t need);
+static uint64_t s_dead_cost (llmq_store_t *self, const llmq_job_t *job);
 
 /* ------------------------------------------------------------------------
    Keys
@@ -439,7 +441,7 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
             { "ready", &self->ready }, { "delayed", &self->delayed }, { "deadlines", &self->deadlines },
             { "leases", &self->leases }, { "results", &self->results }, { "expiry", &self->expiry },
             { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs },
-            { "state", &self->state }
+            { "state", &self->state }, { "dead", &self->dead }
         };
         for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) {
             rc = mdb_dbi_open (self->txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -811,6 +813,33 @@ s_batchjob_key (char *buf, size_t cap, const char *batch, uint64_t id)
     return (MDB_val) { len + 9, buf };
 }
 
+/*  Dead letters: `dead` keeps the record of a dead-lettered job beside its
+    result, for as long as the result lives, so that it can be looked at,
+    queued again or deleted (llmq_store_dead_*). The value starts with the
+    result's expiry time (the exact key of its `expiry` entry, whatever
+    result_ttl is by then) and the job's route number (to filter by model
+    without decoding the record). */
+#define S_DEAD_HEAD 12
+
+static int
+s_dead_put (llmq_store_t *self, const llmq_job_t *job, uint64_t expire_at)
+{
+    llmq_buf_clear (&self->buf);
+    if (llmq_job_encode (job, &self->buf)) {
+        return LLMQ_ERR_NOMEM;
+    }
+    self->turn_bytes += s_page_cost (self, self->buf.size + S_DEAD_HEAD);
+    s_route_t *r = job->model ? s_route_by_name (self, job->model) : NULL;
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, job->id), v = { self->buf.size + S_DEAD_HEAD, NULL };
+    TRY (mdb_put (self->txn, self->dead, &k, &v, MDB_RESERVE));
+    unsigned char *p = (unsigned char *) v.mv_data;
+    s_put64 (p, expire_at);
+    s_put32 (p + 8, r ? r->stats.number : 0);
+    memcpy (p + S_DEAD_HEAD, self->buf.data, self->buf.size);
+    return 0;
+}
+
 /*  The job is over: store its result, drop the live record and its indexes
     (the caller removed it from ready/delayed/leases). */
 static int
@@ -843,6 +872,12 @@ s_finalise (llmq_store_t *self, const llmq_job_t *job, llmq_result_t *res, uint6
     MDB_val ekv = s_time_key (&ek, now + self->opts.result_ttl_us, job->id);
     MDB_val idem = job->idem_key ? s_str_val (job->idem_key) : s_empty;
     TRY (mdb_put (self->txn, self->expiry, &ekv, &idem, 0));
+    if (res->state == LLMQ_STATE_DEAD) {
+        int rc = s_dead_put (self, job, now + self->opts.result_ttl_us);
+        if (rc) {
+            return rc;
+        }
+    }
     if (job->batch_id) {
         int rc = s_batch_add (self, job->batch_id, res->state, 1);
         if (rc) {
@@ -943,15 +978,30 @@ s_page_cost (llmq_store_t *self, size_t size)
     writes. Below the limit, the answer is "not before growing" past 3/4. */
 /*  Room for the result a report will store? Checked before any write, so a
     "no" leaves nothing half done. */
-static bool
-s_room_for (llmq_store_t *self, const llmq_result_t *res)
+static uint64_t
+s_result_cost (llmq_store_t *self, const llmq_result_t *res)
 {
     size_t size = 512;
     if (res) {
         size += (res->content ? strlen (res->content) : 0) + (res->error ? strlen (res->error) : 0)
               + (res->tool_calls ? strlen (res->tool_calls) : 0);
     }
-    return s_room (self, s_page_cost (self, size));
+    return s_page_cost (self, size);
+}
+
+static bool
+s_room_for (llmq_store_t *self, const llmq_result_t *res)
+{
+    return s_room (self, s_result_cost (self, res));
+}
+
+/*  Bytes the dead letter of `job` may take (page-rounded, like a submit). */
+static uint64_t
+s_dead_cost (llmq_store_t *self, const llmq_job_t *job)
+{
+    size_t size = 256 + S_DEAD_HEAD + (job->body ? strlen (job->body) : 0) + (job->meta ? strlen (job->meta) : 0)
+                + (job->last_error ? strlen (job->last_error) : 0);
+    return s_page_cost (self, size);
 }
 
 static bool
@@ -1194,7 +1244,8 @@ llmq_store_requeue (llmq_store_t *self, uint64_t id, uint64_t lease, bool count_
     }
     /* Only a dead-lettering writes a result: room for it, before any write. */
     uint32_t max_att = job.max_attempts ? job.max_attempts : self->opts.max_attempts;
-    if (count_attempt && job.attempts + 1 >= max_att && !s_room_for (self, failure)) {
+    if (count_attempt && job.attempts + 1 >= max_att
+    &&  !s_room (self, s_result_cost (self, failure) + s_dead_cost (self, &job))) {      /* + its dead letter */
         return LLMQ_ERR_STORE_FULL;
     }
     uint64_t started;
@@ -1498,11 +1549,15 @@ llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget, llmq_store_fin
             MDB_val k = s_id_key (&rk, id), rv;
             if (mdb_get (self->txn, self->results, &k, &rv) == 0) {
                 llmq_result_t res;
-                if (llmq_result_decode (rv.mv_data, rv.mv_size, &res, arena) == 0 && res.batch_id) {
+                int drc = llmq_result_decode (rv.mv_data, rv.mv_size, &res, arena);
+                if (drc == 0 && res.batch_id) {
                     char kb[600];
                     s_del (self, self->batchjobs, s_batchjob_key (kb, sizeof kb, res.batch_id, id));
                     s_batch_add (self, res.batch_id, res.state, -1);
                     s_batch_add (self, res.batch_id, 0, -1);
+                }
+                if (drc != 0 || res.state == LLMQ_STATE_DEAD) {
+                    mdb_del (self->txn, self->dead, &k, NULL);   /* its dead letter goes with it */
                 }
                 mdb_del (self->txn, self->results, &k, NULL);
             }
@@ -1526,4 +1581,382 @@ llmq_store_next_delayed (llmq_store_t *self)
         mdb_cursor_close (c);
     }
     return t;
+}
+
+/* ------------------------------------------------------------------------
+   Dead letters
+
+   A dead letter is three records under the job's id: its result in
+   `results` (state dead), its `expiry` entry, and its job record in `dead`
+   (see s_dead_put). They live and go together: the timer drops all three
+   when the result's time is up; a requeue drops all three and puts the job
+   back in `jobs` and `ready`; a purge drops all three with the job's
+   idempotency key and batch membership, as the timer would.
+   ------------------------------------------------------------------------ */
+
+/*  Decode the dead letter `id` whose `dead` value is `v`: the job and its
+    result, strings in `arena`. LLMQ_ERR_NOT_FOUND with *orphan set when its
+    result is gone: a record an older broker (which did not know `dead`)
+    left behind when the result expired. Such orphans are never shown;
+    purges delete them. */
+static int
+s_dead_decode (llmq_store_t *self, uint64_t id, MDB_val v, llmq_dead_t *out, bool *orphan,
+               llmq_arena_t *arena)
+{
+    *orphan = false;
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), rv;
+    int rc = mdb_get (self->txn, self->results, &k, &rv);
+    if (rc == MDB_NOTFOUND) {
+        *orphan = true;
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    if (rc) {
+        return s_err (rc);
+    }
+    memset (out, 0, sizeof *out);
+    if (v.mv_size < S_DEAD_HEAD
+    ||  llmq_result_decode (rv.mv_data, rv.mv_size, &out->result, arena) != 0
+    ||  llmq_job_decode ((const unsigned char *) v.mv_data + S_DEAD_HEAD, v.mv_size - S_DEAD_HEAD,
+                         &out->job, arena) != 0) {
+        llmq_error ("store: dead job %llu: corrupt record", (unsigned long long) id);
+        return LLMQ_ERR_STORE;
+    }
+    if (out->result.state != LLMQ_STATE_DEAD) {
+        *orphan = true;         /* the id's result is not a dead letter's: a stray record */
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    out->expire_at_us = s_get64 ((const unsigned char *) v.mv_data);
+    return 0;
+}
+
+static int
+s_dead_load (llmq_store_t *self, uint64_t id, llmq_dead_t *out, bool *orphan, llmq_arena_t *arena)
+{
+    *orphan = false;
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, id), v;
+    TRY (mdb_get (self->txn, self->dead, &k, &v));
+    return s_dead_decode (self, id, v, out, orphan, arena);
+}
+
+int
+llmq_store_dead_get (llmq_store_t *self, uint64_t id, llmq_dead_t *out, llmq_arena_t *arena)
+{
+    bool orphan;
+    return s_dead_load (self, id, out, &orphan, arena);
+}
+
+/*  Route number of `model` for a filter: 0 for no filter, UINT32_MAX for a
+    model the store has never seen (nothing matches). */
+static uint32_t
+s_dead_filter (llmq_store_t *self, const char *model)
+{
+    if (!model) {
+        return 0;
+    }
+    s_route_t *r = s_route_by_name (self, model);
+    return r ? r->stats.number : UINT32_MAX;
+}
+
+static bool
+s_dead_matches (MDB_val v, uint32_t route)
+{
+    return route == 0 || (v.mv_size >= S_DEAD_HEAD && s_get32 ((const unsigned char *) v.mv_data + 8) == route);
+}
+
+int
+llmq_store_dead_list (llmq_store_t *self, const char *model, uint64_t after, uint32_t limit,
+                      llmq_dead_t **jobs, size_t *n, uint64_t *next, bool *more, llmq_arena_t *arena)
+{
+    *n = 0;
+    *more = false;
+    *next = after;
+    *jobs = NULL;
+    if (limit == 0 || limit > LLMQ_STORE_DEAD_PAGE_MAX) {
+        limit = limit ? LLMQ_STORE_DEAD_PAGE_MAX : LLMQ_STORE_DEAD_PAGE;
+    }
+    uint32_t route = s_dead_filter (self, model);
+    if (route == UINT32_MAX) {
+        return 0;
+    }
+    *jobs = (llmq_dead_t *) llmq_arena_alloc (arena, limit * sizeof (llmq_dead_t));
+    if (!*jobs) {
+        return LLMQ_ERR_NOMEM;
+    }
+    MDB_cursor *c;
+    TRY (mdb_cursor_open (self->txn, self->dead, &c));
+    s_id_key_t ik;
+    MDB_val k = s_id_key (&ik, after + 1), v;
+    size_t scanned = 0;
+    int rc, err = 0;
+    for (rc = mdb_cursor_get (c, &k, &v, MDB_SET_RANGE); rc == 0; rc = mdb_cursor_get (c, &k, &v, MDB_NEXT)) {
+        if (*n == limit || scanned == LLMQ_STORE_DEAD_SCAN) {
+            *more = true;       /* with a filter, perhaps only more to look at */
+            break;
+        }
+        scanned++;
+        if (k.mv_size != 8) {
+            continue;
+        }
+        uint64_t id = s_get64 ((const unsigned char *) k.mv_data);
+        *next = id;
+        if (!s_dead_matches (v, route)) {
+            continue;
+        }
+        bool orphan;
+        int drc = s_dead_decode (self, id, v, &(*jobs)[*n], &orphan, arena);
+        if (drc == 0) {
+            (*n)++;
+        }
+        else
+        if (!orphan) {
+            err = drc;
+            break;
+        }
+    }
+    mdb_cursor_close (c);
+    if (err) {
+        return err;
+    }
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : s_err (rc);
+}
+
+/*  Put the dead letter `d` back in the queue as a fresh job. Its records
+    go; its idempotency key stays (it names the same id). */
+static int
+s_dead_requeue (llmq_store_t *self, llmq_dead_t *d, uint64_t now)
+{
+    llmq_job_t *job = &d->job;
+    uint64_t need = s_dead_cost (self, job);
+    if (!s_room (self, need)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    uint32_t route;
+    int rc = llmq_store_route (self, job->model ? job->model : "", &route);
+    if (rc) {
+        return rc;
+    }
+    s_id_key_t ik;
+    s_time_key_t ek;
+    if ((rc = s_del (self, self->results, s_id_key (&ik, job->id)))
+    ||  (rc = s_del (self, self->dead, s_id_key (&ik, job->id)))
+    ||  (rc = s_del (self, self->expiry, s_time_key (&ek, d->expire_at_us, job->id)))) {
+        return rc;
+    }
+    /*  A fresh job: its place from now, no attempts, no error. Its start
+        deadline was set for its first run and has no meaning any more. */
+    job->state = LLMQ_STATE_QUEUED;
+    job->attempts = 0;
+    job->lease = 0;
+    job->not_before_us = 0;
+    job->deadline_us = 0;
+    job->last_error = NULL;
+    job->enqueued_us = now;
+    job->vdeadline_us = now + self->opts.prio_offset_us[job->priority % LLMQ_NPRIO];
+    if ((rc = s_job_put (self, job, 0))) {
+        return rc;
+    }
+    s_ready_key_t rk;
+    MDB_val rkv = s_ready_key (&rk, route, job->vdeadline_us, job->id);
+    TRY (mdb_put (self->txn, self->ready, &rkv, &s_empty, 0));
+    /*  Still a member of its batch (total unchanged): one dead less, one
+        pending more, and FETCH skips it until it ends again. */
+    if (job->batch_id && (rc = s_batch_add (self, job->batch_id, LLMQ_STATE_DEAD, -1))) {
+        return rc;
+    }
+    self->turn_bytes += need;
+    self->routes_v[route - 1].stats.ready[job->priority % LLMQ_NPRIO]++;
+    return 0;
+}
+
+/*  Delete the dead letter `d` as the timer would at the end of its TTL. */
+static int
+s_dead_purge (llmq_store_t *self, const llmq_dead_t *d)
+{
+    const llmq_job_t *job = &d->job;
+    s_id_key_t ik;
+    s_time_key_t ek;
+    int rc;
+    if ((rc = s_del (self, self->results, s_id_key (&ik, job->id)))
+    ||  (rc = s_del (self, self->dead, s_id_key (&ik, job->id)))
+    ||  (rc = s_del (self, self->expiry, s_time_key (&ek, d->expire_at_us, job->id)))) {
+        return rc;
+    }
+    if (job->idem_key) {
+        MDB_val k = s_str_val (job->idem_key), v;
+        if (mdb_get (self->txn, self->idem, &k, &v) == 0 && v.mv_size == 8
+        &&  s_get64 ((const unsigned char *) v.mv_data) == job->id
+        &&  (rc = s_del (self, self->idem, k))) {
+            return rc;
+        }
+    }
+    if (job->batch_id) {
+        char kb[600];
+        if ((rc = s_del (self, self->batchjobs, s_batchjob_key (kb, sizeof kb, job->batch_id, job->id)))
+        ||  (rc = s_batch_add (self, job->batch_id, LLMQ_STATE_DEAD, -1))
+        ||  (rc = s_batch_add (self, job->batch_id, 0, -1))) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/*  Run a requeue or purge in a savepoint when the map is tight (as
+    llmq_store_submit_all does), so that running out of space halfway
+    leaves the turn's transaction as it was. */
+static int
+s_dead_apply (llmq_store_t *self, llmq_dead_t *d, uint64_t now, bool requeue)
+{
+    bool nested = self->tight && !self->parent;
+    int rc = nested ? llmq_store_save (self) : 0;
+    if (rc) {
+        return rc;
+    }
+    rc = requeue ? s_dead_requeue (self, d, now) : s_dead_purge (self, d);
+    if (rc && nested) {
+        llmq_store_rollback (self);
+        return rc;
+    }
+    return nested ? llmq_store_release (self) : rc;
+}
+
+static int
+s_dead_one (llmq_store_t *self, uint64_t id, uint64_t now, bool requeue)
+{
+    llmq_arena_t *arena = llmq_arena_new ();
+    if (!arena) {
+        return LLMQ_ERR_NOMEM;
+    }
+    llmq_dead_t d;
+    bool orphan;
+    int rc = s_dead_load (self, id, &d, &orphan, arena);
+    if (rc == 0) {
+        rc = s_dead_apply (self, &d, now, requeue);
+        if (rc == LLMQ_ERR_STORE_FULL) {
+            llmq_store_want_grow (self);
+        }
+    }
+    else
+    if (orphan && !requeue) {
+        s_id_key_t ik;
+        int drc = s_del (self, self->dead, s_id_key (&ik, id));
+        rc = drc ? drc : LLMQ_ERR_NOT_FOUND;
+    }
+    llmq_arena_destroy (&arena);
+    return rc;
+}
+
+int
+llmq_store_dead_requeue (llmq_store_t *self, uint64_t id, uint64_t now)
+{
+    return s_dead_one (self, id, now, true);
+}
+
+int
+llmq_store_dead_purge (llmq_store_t *self, uint64_t id)
+{
+    return s_dead_one (self, id, 0, false);
+}
+
+/*  Ids of up to `max` dead letters of `route` (0: all), in id order; with
+    orphans (for a purge) or without. *more: there are others past them. */
+static int
+s_dead_collect (llmq_store_t *self, uint32_t route, size_t max, bool orphans, uint64_t **ids, size_t *n,
+                bool *more)
+{
+    *n = 0;
+    *more = false;
+    size_t cap = 0;
+    MDB_cursor *c;
+    TRY (mdb_cursor_open (self->txn, self->dead, &c));
+    MDB_val k, v;
+    int rc;
+    for (rc = mdb_cursor_get (c, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get (c, &k, &v, MDB_NEXT)) {
+        if (k.mv_size != 8 || !s_dead_matches (v, route)) {
+            continue;
+        }
+        if (!orphans) {
+            MDB_val rv;
+            if (mdb_get (self->txn, self->results, &k, &rv) != 0) {
+                continue;
+            }
+        }
+        if (max && *n == max) {
+            *more = true;
+            break;
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 256;
+            uint64_t *grown = (uint64_t *) realloc (*ids, cap * sizeof (uint64_t));
+            if (!grown) {
+                mdb_cursor_close (c);
+                return LLMQ_ERR_NOMEM;
+            }
+            *ids = grown;
+        }
+        (*ids)[(*n)++] = s_get64 ((const unsigned char *) k.mv_data);
+    }
+    mdb_cursor_close (c);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : s_err (rc);
+}
+
+static int
+s_dead_all (llmq_store_t *self, const char *model, uint64_t now, bool requeue, size_t max, size_t *done,
+            bool *more)
+{
+    *done = 0;
+    *more = false;
+    uint32_t route = s_dead_filter (self, model);
+    if (route == UINT32_MAX) {
+        return 0;
+    }
+    uint64_t *ids = NULL;
+    size_t n = 0;
+    int rc = s_dead_collect (self, route, max, !requeue, &ids, &n, more);
+    llmq_arena_t *arena = rc == 0 ? llmq_arena_new () : NULL;
+    if (rc == 0 && !arena) {
+        rc = LLMQ_ERR_NOMEM;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        llmq_dead_t d;
+        bool orphan;
+        rc = s_dead_load (self, ids[i], &d, &orphan, arena);
+        if (rc == 0) {
+            rc = s_dead_apply (self, &d, now, requeue);
+            if (rc == 0) {
+                (*done)++;
+            }
+        }
+        else
+        if (orphan) {
+            s_id_key_t ik;
+            rc = requeue ? 0 : s_del (self, self->dead, s_id_key (&ik, ids[i]));
+        }
+        if (rc == LLMQ_ERR_STORE_FULL) {
+            llmq_store_want_grow (self);        /* grow at the next check if it can */
+        }
+        if (rc == LLMQ_ERR_STORE_FULL && *done) {
+            *more = true;       /* what is done stays done; the rest after the commit */
+            rc = 0;
+            break;
+        }
+        llmq_arena_reset (arena);
+    }
+    llmq_arena_destroy (&arena);
+    free (ids);
+    return rc;
+}
+
+int
+llmq_store_dead_requeue_all (llmq_store_t *self, const char *model, uint64_t now, size_t max,
+                             size_t *requeued, bool *more)
+{
+    return s_dead_all (self, model, now, true, max, requeued, more);
+}
+
+int
+llmq_store_dead_purge_all (llmq_store_t *self, const char *model, size_t max, size_t *purged, bool *more)
+{
+    return s_dead_all (self, model, 0, false, max, purged, more);
 }

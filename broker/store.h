@@ -20,6 +20,8 @@
       idem      idempotency key -> id
       batches   batch -> counts;  batchjobs  batch\0id -> ""
       state     name -> blob                           the router's snapshots
+      dead      id -> expire_at|route|job record       dead-lettered jobs, while
+                                                       their result lives
 */
 #ifndef LLMQ_STORE_H
 #define LLMQ_STORE_H
@@ -162,6 +164,58 @@ int  llmq_store_fetch (llmq_store_t *self, const char *batch, uint64_t after, ui
     Bounded work per call (`budget` records); returns records touched. */
 size_t llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget,
                         llmq_store_final_fn *fn, void *arg, llmq_arena_t *arena);
+
+/*  Dead letters: jobs that ended DEAD (max_attempts retryable failures).
+    Their job record (body, meta, keys...) is kept beside their result for
+    as long as the result lives (result_ttl), so that an operator can look
+    at them, put them back in the queue, or delete them early. All of these
+    run inside the current write transaction. */
+typedef struct {
+    llmq_job_t    job;              /* as it was dead-lettered: attempts, last_error */
+    llmq_result_t result;           /* its stored result: error, class, http status */
+    uint64_t      expire_at_us;     /* when the timer drops it */
+} llmq_dead_t;
+
+#define LLMQ_STORE_DEAD_PAGE      100       /* default page of llmq_store_dead_list */
+#define LLMQ_STORE_DEAD_PAGE_MAX  1000
+#define LLMQ_STORE_DEAD_SCAN      10000     /* records one list call looks at, at most */
+
+/*  Up to `limit` dead letters (0: LLMQ_STORE_DEAD_PAGE; at most
+    LLMQ_STORE_DEAD_PAGE_MAX) with id > after, in id order, of model group
+    `model` (NULL: all). *jobs is an array in `arena`. *next is the cursor
+    for the next page (the last id looked at); *more is true when there may
+    be more: with a filter, a page stops after LLMQ_STORE_DEAD_SCAN
+    records, so a page may be short, even empty, with *more true. */
+int  llmq_store_dead_list (llmq_store_t *self, const char *model, uint64_t after, uint32_t limit,
+                           llmq_dead_t **jobs, size_t *n, uint64_t *next, bool *more,
+                           llmq_arena_t *arena);
+
+/*  One dead letter (strings in `arena`). LLMQ_ERR_NOT_FOUND when `id` is
+    not a dead letter (live, ended otherwise, expired or never known). */
+int  llmq_store_dead_get (llmq_store_t *self, uint64_t id, llmq_dead_t *out, llmq_arena_t *arena);
+
+/*  Put a dead letter back in the queue as a fresh job: state queued,
+    attempts 0, no last error, no start deadline, enqueued `now` with the
+    virtual deadline of its priority. Its result goes, so STATUS shows it
+    queued; its idempotency key still names it; in its batch one dead less
+    (and one more pending). Errors: LLMQ_ERR_NOT_FOUND, LLMQ_ERR_STORE_FULL
+    (no room this turn: nothing changed), LLMQ_ERR_STORE. */
+int  llmq_store_dead_requeue (llmq_store_t *self, uint64_t id, uint64_t now);
+
+/*  Delete a dead letter now, as the timer would when its result expires:
+    result, job record, idempotency key, batch membership and counts.
+    Errors: LLMQ_ERR_NOT_FOUND, LLMQ_ERR_STORE. */
+int  llmq_store_dead_purge (llmq_store_t *self, uint64_t id);
+
+/*  The same for every dead letter of `model` (NULL: all), in id order, at
+    most `max` of them (0: no limit). *n says how many; *more is true when
+    others are left (past `max`, or for lack of room: a requeue that finds
+    no room for its first job fails with LLMQ_ERR_STORE_FULL, one that has
+    done some stops there, commits them, and says *more). */
+int  llmq_store_dead_requeue_all (llmq_store_t *self, const char *model, uint64_t now, size_t max,
+                                  size_t *n, bool *more);
+int  llmq_store_dead_purge_all (llmq_store_t *self, const char *model, size_t max, size_t *n,
+                                bool *more);
 
 /*  Route numbers. llmq_store_route creates the route if needed (in the
     current transaction). */

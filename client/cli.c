@@ -25,6 +25,8 @@ static const char s_usage[] =
     "  batch submit FILE       submit an OpenAI Batch API input file (JSONL)\n"
     "  batch status ID         show a batch's progress\n"
     "  batch results ID        write a batch's results as OpenAI Batch output (JSONL)\n"
+    "  dead list|show ID       dead-lettered jobs (also: dead requeue, dead purge)\n"
+    "  breaker reset|history   the broker's circuit breakers\n"
     "  version                 print the client version\n"
     "\n"
     "Global options (also accepted after the command):\n"
@@ -254,6 +256,12 @@ main (int argc, char **argv)
     }
     if (strcmp (command, "batch") == 0) {
         return cmd_batch (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "dead") == 0) {
+        return cmd_dead (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "breaker") == 0) {
+        return cmd_breaker (&cli, cargc, cargv);
     }
     if (strcmp (command, "version") == 0) {
         return s_version ();

@@ -70,5 +70,7 @@ int  cmd_status (cli_t *cli, int argc, char **argv);
 int  cmd_cancel (cli_t *cli, int argc, char **argv);
 int  cmd_stats  (cli_t *cli, int argc, char **argv);
 int  cmd_batch  (cli_t *cli, int argc, char **argv);
+int  cmd_dead   (cli_t *cli, int argc, char **argv);
+int  cmd_breaker (cli_t *cli, int argc, char **argv);
 
 #endif

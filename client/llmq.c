@@ -1163,6 +1163,39 @@ llmq_stats (llmq *h, char **json, int timeout_ms)
 }
 
 int
+llmq_admin (llmq *h, const char *request_json, char **reply_json, int timeout_ms)
+{
+    if (reply_json) {
+        *reply_json = NULL;
+    }
+    if (!h || !request_json || !reply_json) {
+        return h ? s_fail (h, LLMQ_ERR_INVALID, "llmq_admin: NULL argument") : LLMQ_ERR_INVALID;
+    }
+    /* Parsed here only to refuse what the broker would refuse anyway,
+       without a round trip; the text goes as given. */
+    json_error_t jerr;
+    json_t *req = json_loads (request_json, 0, &jerr);
+    int is_op = json_is_object (req) && json_is_string (json_object_get (req, "op"));
+    json_decref (req);
+    if (!is_op) {
+        return s_fail (h, LLMQ_ERR_INVALID, "llmq_admin: the request must be a JSON object with an \"op\"");
+    }
+    llmq_msg_t msg = { .cmd = LLMQ_CMD_ADMIN, .json = request_json };
+    llmq_msg_t rep;
+    int rc = s_call (h, &msg, s_deadline (timeout_ms), &rep);
+    if (rc == LLMQ_OK) {
+        rc = s_expect (h, &rep, LLMQ_CMD_ADMIN_REP);
+    }
+    if (rc == LLMQ_OK) {
+        *reply_json = strdup (rep.json ? rep.json : "{}");
+        if (!*reply_json) {
+            rc = s_fail (h, LLMQ_ERR_NOMEM, "out of memory");
+        }
+    }
+    return rc;
+}
+
+int
 llmq_next (llmq *h, int timeout_ms, llmq_event **ev)
 {
     if (!h || !ev) {

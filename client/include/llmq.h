@@ -175,6 +175,12 @@ typedef struct {
     /** Non-zero: every deployment of the job's group was unavailable and
         its fallback group served it (`deployment` names which). */
     int      degraded;
+    /** What the job cost, in millionths of a US dollar: its tokens at the
+        serving deployment's prices (0 if no price is configured, and for
+        cache hits). */
+    uint64_t cost_micro;
+    /** Non-zero: answered from the response cache, without a provider call. */
+    int      cached;
 } llmq_result;
 
 /** What llmq_next() returns. */
@@ -294,6 +300,22 @@ LLMQ_EXPORT int  llmq_fetch (llmq *h, const char *batch_id, uint64_t after, unsi
 
 /** Broker statistics as a JSON document; free with llmq_free(). */
 LLMQ_EXPORT int  llmq_stats (llmq *h, char **json, int timeout_ms);
+
+/** An administrative operation on the broker (docs/protocol.md, "Admin
+ *  operations"; the `llmq dead` and `llmq breaker` commands use it): the
+ *  request is a JSON object naming the operation, the answer a JSON object.
+ *  For example `{"op":"dead.list","limit":50}` answers
+ *  `{"jobs":[{"id":..,"model":..,"error":..},...],"next":..,"more":false}`;
+ *  `{"op":"dead.requeue","id":42}` answers `{"requeued":1,"more":false}`.
+ *  @param[in] request_json `{"op": NAME, ...}`; sent as given
+ *  @param[out] reply_json the broker's answer; free with llmq_free()
+ *  @return #LLMQ_OK, #LLMQ_ERR_INVALID (not a JSON object with "op",
+ *  an unknown operation, or a bad field: llmq_last_error() names it),
+ *  #LLMQ_ERR_NOT_FOUND (no such job or deployment), #LLMQ_ERR_STATE
+ *  (e.g. the job is not dead-lettered), #LLMQ_ERR_UNKNOWN_MODEL,
+ *  #LLMQ_ERR_STORE_FULL, #LLMQ_ERR_TIMEOUT (a write operation may or may
+ *  not have been applied: look before repeating it). */
+LLMQ_EXPORT int  llmq_admin (llmq *h, const char *request_json, char **reply_json, int timeout_ms);
 
 /** Pipelined use. Send n jobs (one message) without waiting for the ack.
  *  Never blocks: if the socket's send queue is full (the broker is not

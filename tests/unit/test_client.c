@@ -1114,6 +1114,111 @@ START_TEST (test_exit_codes)
 }
 END_TEST
 
+//  --------------------------------------------------------------------------
+//  Admin
+
+/*  ADMIN: "dead.list" answered with the request echoed inside (after a
+    pushed result, which the handle must keep for later); "dead.show"
+    refused as the broker refuses an unknown id. */
+static void
+s_script_admin (fake_t *fake, const llmq_msg_t *req)
+{
+    if (s_pong (fake, req)) {
+        return;
+    }
+    if (req->cmd != LLMQ_CMD_ADMIN) {
+        return;
+    }
+    ck_assert_ptr_nonnull (req->json);
+    json_t *r = json_loads (req->json, 0, NULL);
+    ck_assert_ptr_nonnull (r);
+    const char *op = json_string_value (json_object_get (r, "op"));
+    if (op && strcmp (op, "dead.list") == 0) {
+        s_push_result (fake, 9, LLMQ_STATE_DONE, "pushed meanwhile");
+        json_t *rep = json_pack ("{s:[], s:i, s:b, s:O}", "jobs", "next", 0, "more", 0, "request", r);
+        char *text = json_dumps (rep, JSON_COMPACT);
+        llmq_msg_t m = { .cmd = LLMQ_CMD_ADMIN_REP, .corr = req->corr, .json = text };
+        s_fake_send (fake, &m);
+        free (text);
+        json_decref (rep);
+    }
+    else {
+        llmq_msg_t m = { .cmd = LLMQ_CMD_REJECTED, .corr = req->corr, .code = LLMQ_ERR_NOT_FOUND,
+                         .reason = "no dead job 7 (no such job, or its result expired)" };
+        s_fake_send (fake, &m);
+    }
+    json_decref (r);
+}
+
+START_TEST (test_admin)
+{
+    fake_t *fake = s_fake_start (s_script_admin);
+    llmq *h = NULL;
+    ck_assert_int_eq (llmq_connect (fake->endpoint, 2000, &h), LLMQ_OK);
+    char *reply = (char *) 1;
+    ck_assert_int_eq (llmq_admin (h, "{\"op\":\"dead.list\",\"limit\":5,\"model\":\"gpt\"}", &reply, 2000), LLMQ_OK);
+    ck_assert_ptr_nonnull (reply);
+    json_t *rep = json_loads (reply, 0, NULL);
+    ck_assert_ptr_nonnull (rep);
+    ck_assert_uint_eq (json_array_size (json_object_get (rep, "jobs")), 0);
+    json_t *sent = json_object_get (rep, "request");
+    ck_assert_str_eq (json_string_value (json_object_get (sent, "op")), "dead.list");
+    ck_assert_int_eq (json_integer_value (json_object_get (sent, "limit")), 5);
+    ck_assert_str_eq (json_string_value (json_object_get (sent, "model")), "gpt");
+    json_decref (rep);
+    llmq_free (reply);
+
+    /* The result pushed before the answer waits in the handle. */
+    llmq_event *ev = NULL;
+    ck_assert_int_eq (llmq_next (h, 1000, &ev), LLMQ_OK);
+    ck_assert_int_eq (ev->type, LLMQ_EV_RESULT);
+    ck_assert_uint_eq (ev->result->id, 9);
+    llmq_event_free (&ev);
+
+    /* A refusal: its code, and the broker's reason. */
+    reply = (char *) 1;
+    ck_assert_int_eq (llmq_admin (h, "{\"op\":\"dead.show\",\"id\":7}", &reply, 2000), LLMQ_ERR_NOT_FOUND);
+    ck_assert_ptr_null (reply);
+    ck_assert_str_eq (llmq_last_error (h), "no dead job 7 (no such job, or its result expired)");
+
+    /* What is not a request never leaves the handle. */
+    int before = fake->requests;
+    ck_assert_int_eq (llmq_admin (h, "not json", &reply, 2000), LLMQ_ERR_INVALID);
+    ck_assert_int_eq (llmq_admin (h, "[\"op\"]", &reply, 2000), LLMQ_ERR_INVALID);
+    ck_assert_int_eq (llmq_admin (h, "{\"id\":7}", &reply, 2000), LLMQ_ERR_INVALID);
+    ck_assert_ptr_nonnull (strstr (llmq_last_error (h), "op"));
+    ck_assert_int_eq (llmq_admin (h, NULL, &reply, 2000), LLMQ_ERR_INVALID);
+    ck_assert_int_eq (llmq_admin (h, "{\"op\":\"x\"}", NULL, 2000), LLMQ_ERR_INVALID);
+    ck_assert_int_eq (llmq_admin (NULL, "{\"op\":\"x\"}", &reply, 2000), LLMQ_ERR_INVALID);
+    ck_assert_int_eq (fake->requests, before);
+    llmq_close (&h);
+    s_fake_stop (&fake);
+}
+END_TEST
+
+/*  Never answers ADMIN: the call times out and the handle stays usable. */
+static void
+s_script_admin_silent (fake_t *fake, const llmq_msg_t *req)
+{
+    s_pong (fake, req);
+}
+
+START_TEST (test_admin_timeout)
+{
+    fake_t *fake = s_fake_start (s_script_admin_silent);
+    llmq *h = NULL;
+    ck_assert_int_eq (llmq_connect (fake->endpoint, 2000, &h), LLMQ_OK);
+    char *reply = NULL;
+    uint64_t start = llmq_mono_ms ();
+    ck_assert_int_eq (llmq_admin (h, "{\"op\":\"breaker.history\"}", &reply, 100), LLMQ_ERR_TIMEOUT);
+    ck_assert_uint_lt (llmq_mono_ms () - start, 1000);
+    ck_assert_ptr_null (reply);
+    llmq_close (&h);
+    s_fake_stop (&fake);
+}
+END_TEST
+
+
 static Suite *
 s_client_suite (void)
 {
@@ -1143,6 +1248,8 @@ s_client_suite (void)
     tcase_add_test (fake, test_pipeline);
     tcase_add_test (fake, test_late_answer_dropped);
     tcase_add_test (fake, test_resubscribe_after_restart);
+    tcase_add_test (fake, test_admin);
+    tcase_add_test (fake, test_admin_timeout);
     suite_add_tcase (suite, fake);
 
     TCase *inside = tcase_create ("internals");

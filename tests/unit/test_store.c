@@ -1152,6 +1152,391 @@ START_TEST (test_map_grows)
 END_TEST
 
 
+//  --------------------------------------------------------------------------
+//  Dead letters
+
+//  Fails `id` with a retryable error on every attempt, as the broker does
+//  with a worker's FAILED, until the store dead-letters it. Returns the
+//  time it ended.
+static uint64_t
+s_kill (llmq_store_t *store, uint64_t id, uint64_t now)
+{
+    llmq_result_t failure = { .error_class = LLMQ_EC_SERVER, .http_status = 503,
+                              .error = "upstream 503: service unavailable", .deployment = "gpt-east" };
+    llmq_result_t final;
+    for (int attempt = 1; attempt <= 10; attempt++) {
+        uint64_t lease = s_lease (store, id, now += S_SEC);
+        int rc = llmq_store_requeue (store, id, lease, true, 0, &failure, now += S_SEC, &final, s_arena);
+        if (rc == LLMQ_ERR_JOB_FAILED) {
+            ck_assert_uint_eq (final.state, LLMQ_STATE_DEAD);
+            return now;
+        }
+        ck_assert_int_eq (rc, 0);
+    }
+    ck_abort_msg ("job %llu was never dead-lettered", (unsigned long long) id);
+    return now;
+}
+
+static llmq_batch_counts_t
+s_counts (llmq_store_t *store, const char *batch)
+{
+    llmq_result_t *results;
+    size_t n;
+    uint64_t next;
+    bool more;
+    llmq_batch_counts_t counts;
+    ck_assert_int_eq (llmq_store_fetch (store, batch, 0, 100, &results, &n, &next, &more, &counts, s_arena), 0);
+    return counts;
+}
+
+//  Ids of every dead letter of `model` (NULL: all), page by page of 2.
+static size_t
+s_dead_ids (llmq_store_t *store, const char *model, uint64_t *ids, size_t cap)
+{
+    size_t count = 0;
+    uint64_t after = 0;
+    bool more = true;
+    for (int pages = 0; more; pages++) {
+        ck_assert_int_lt (pages, 100);
+        llmq_dead_t *jobs;
+        size_t n;
+        uint64_t next;
+        ck_assert_int_eq (llmq_store_dead_list (store, model, after, 2, &jobs, &n, &next, &more, s_arena), 0);
+        ck_assert_uint_le (n, 2);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_uint_gt (jobs[i].job.id, after);
+            ck_assert_uint_eq (jobs[i].result.state, LLMQ_STATE_DEAD);
+            if (model) {
+                ck_assert_str_eq (jobs[i].job.model, model);
+            }
+            ck_assert_uint_lt (count, cap);
+            ids[count++] = jobs[i].job.id;
+        }
+        ck_assert_uint_ge (next, after);
+        after = next;
+    }
+    return count;
+}
+
+//  Dead letters keep their job: listed (by model too), shown with body and
+//  last error, kept across a restart, dropped with their result at the TTL.
+START_TEST (test_dead_list_and_show)
+{
+    llmq_store_opts_t opts = s_opts ();
+    llmq_store_t *store = s_open (&opts, S_T0);
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"dead on arrival\"}]}";
+    uint64_t ids[5];
+    for (int i = 0; i < 5; i++) {
+        s_spec_t spec = { .model = i % 2 ? "claude" : "gpt", .priority = LLMQ_PRIO_NORMAL, .body = body,
+                          .batch_id = "b", .custom_id = i == 0 ? "first" : NULL };
+        ids[i] = s_submit_spec (store, &spec, S_T0, NULL);
+    }
+    uint64_t alive = s_submit (store, "gpt", LLMQ_PRIO_NORMAL, S_T0);
+    uint64_t now = S_T0;
+    for (int i = 0; i < 5; i++) {
+        now = s_kill (store, ids[i], now);
+    }
+    uint64_t died = now;
+    ck_assert_int_eq (s_complete (store, alive, s_lease (store, alive, now), now), 0);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t seen[8];
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 8), 5);
+    for (int i = 0; i < 5; i++) {
+        ck_assert_uint_eq (seen[i], ids[i]);
+    }
+    ck_assert_uint_eq (s_dead_ids (store, "gpt", seen, 8), 3);
+    ck_assert_uint_eq (seen[0], ids[0]);
+    ck_assert_uint_eq (seen[1], ids[2]);
+    ck_assert_uint_eq (seen[2], ids[4]);
+    ck_assert_uint_eq (s_dead_ids (store, "claude", seen, 8), 2);
+    ck_assert_uint_eq (s_dead_ids (store, "never-seen", seen, 8), 0);
+
+    llmq_dead_t d;
+    ck_assert_int_eq (llmq_store_dead_get (store, ids[0], &d, s_arena), 0);
+    ck_assert_uint_eq (d.job.id, ids[0]);
+    ck_assert_str_eq (d.job.model, "gpt");
+    ck_assert_str_eq (d.job.body, body);
+    ck_assert_str_eq (d.job.batch_id, "b");
+    ck_assert_str_eq (d.job.custom_id, "first");
+    ck_assert_uint_eq (d.job.attempts, opts.max_attempts);
+    ck_assert_uint_eq (d.result.attempts, opts.max_attempts);
+    ck_assert_str_eq (d.result.error, "upstream 503: service unavailable");
+    ck_assert_uint_eq (d.result.error_class, LLMQ_EC_SERVER);
+    ck_assert_uint_eq (d.result.http_status, 503);
+    ck_assert_uint_eq (d.expire_at_us, d.result.finished_us + S_TTL);
+    //  Not dead letters: a job that ended done, one never known.
+    ck_assert_int_eq (llmq_store_dead_get (store, alive, &d, s_arena), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (llmq_store_dead_get (store, 999999, &d, s_arena), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  They survive a restart.
+    llmq_store_close (&store);
+    store = s_open (&opts, died);
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 8), 5);
+    llmq_batch_counts_t counts = s_counts (store, "b");
+    ck_assert_uint_eq (counts.total, 5);
+    ck_assert_uint_eq (counts.dead, 5);
+
+    //  And go with their results when those expire.
+    llmq_store_tick (store, died + S_TTL + S_SEC, 1000, NULL, NULL, s_arena);
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 8), 0);
+    ck_assert_int_eq (llmq_store_dead_get (store, ids[4], &d, s_arena), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (s_state (store, ids[4]), -LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  Nothing left in `dead` behind them.
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
+    MDB_stat st;
+    llmq_store_close (&store);
+    ck_assert_int_eq (mdb_env_create (&env), 0);
+    mdb_env_set_maxdbs (env, 32);
+    ck_assert_int_eq (mdb_env_open (env, s_dir, MDB_RDONLY, 0640), 0);
+    ck_assert_int_eq (mdb_txn_begin (env, NULL, MDB_RDONLY, &txn), 0);
+    ck_assert_int_eq (mdb_dbi_open (txn, "dead", 0, &dbi), 0);
+    ck_assert_int_eq (mdb_stat (txn, dbi, &st), 0);
+    ck_assert_uint_eq (st.ms_entries, 0);
+    mdb_txn_abort (txn);
+    mdb_env_close (env);
+}
+END_TEST
+
+//  A requeued dead letter is a fresh job under the same id and key: queued
+//  from now, no attempts, its result gone; it leases and completes again.
+START_TEST (test_dead_requeue)
+{
+    llmq_store_opts_t opts = s_opts ();
+    llmq_store_t *store = s_open (&opts, S_T0);
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    s_spec_t spec = { .model = "gpt", .priority = LLMQ_PRIO_HIGH, .idem_key = "order-1", .batch_id = "b",
+                      .deadline_us = S_T0 + 30 * S_SEC };
+    uint64_t id = s_submit_spec (store, &spec, S_T0, NULL);
+    s_spec_t other = { .model = "gpt", .batch_id = "b" };
+    uint64_t done = s_submit_spec (store, &other, S_T0, NULL);
+    uint64_t died = s_kill (store, id, S_T0);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t now = died + 60 * S_SEC;   //  past its start deadline
+    ck_assert_int_eq (s_complete (store, done, s_lease (store, done, now), now), 0);
+    llmq_batch_counts_t counts = s_counts (store, "b");
+    ck_assert_uint_eq (counts.total, 2);
+    ck_assert_uint_eq (counts.dead, 1);
+    ck_assert_uint_eq (counts.done, 1);
+    ck_assert_uint_eq (s_ready (store, "gpt"), 0);
+    //  Only dead letters: the done job and an unknown id are refused.
+    ck_assert_int_eq (llmq_store_dead_requeue (store, done, now), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (llmq_store_dead_requeue (store, 424242, now), LLMQ_ERR_NOT_FOUND);
+
+    ck_assert_int_eq (llmq_store_dead_requeue (store, id, now), 0);
+    llmq_result_t status;
+    ck_assert_int_eq (llmq_store_status (store, id, &status, s_arena), 0);
+    ck_assert_uint_eq (status.state, LLMQ_STATE_QUEUED);
+    ck_assert_uint_eq (status.attempts, 0);
+    ck_assert_ptr_null (status.error);
+    ck_assert_uint_eq (status.enqueued_us, now);
+    ck_assert_uint_eq (s_stats (store, "gpt").ready[LLMQ_PRIO_HIGH], 1);
+    ck_assert_uint_eq (s_head (store, "gpt"), id);
+    llmq_dead_t d;
+    ck_assert_int_eq (llmq_store_dead_get (store, id, &d, s_arena), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (llmq_store_dead_requeue (store, id, now), LLMQ_ERR_NOT_FOUND);     //  once
+    //  Its batch: one dead less, total the same, so one pending again; a
+    //  fetch shows only what has ended.
+    counts = s_counts (store, "b");
+    ck_assert_uint_eq (counts.total, 2);
+    ck_assert_uint_eq (counts.dead, 0);
+    ck_assert_uint_eq (counts.done, 1);
+    llmq_result_t *results;
+    size_t n;
+    uint64_t next;
+    bool more;
+    ck_assert_int_eq (llmq_store_fetch (store, "b", 0, 100, &results, &n, &next, &more, &counts, s_arena), 0);
+    ck_assert_uint_eq (n, 1);
+    ck_assert_uint_eq (results[0].id, done);
+    //  The key still names it.
+    bool dup = false;
+    ck_assert_uint_eq (s_submit_spec (store, &spec, now, &dup), id);
+    ck_assert (dup);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  The old expiry is gone with the old result: the timer at the old
+    //  TTL does not touch the new run (nor its key).
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    ck_assert_uint_eq (llmq_store_tick (store, died + S_TTL + S_SEC, 1000, NULL, NULL, s_arena), 0);
+    ck_assert_int_eq (s_state (store, id), LLMQ_STATE_QUEUED);
+    ck_assert_uint_eq (s_submit_spec (store, &spec, now + S_SEC, &dup), id);
+    ck_assert (dup);
+    //  It runs again, with all its attempts (the deadline it had is gone).
+    uint64_t lease = s_lease (store, id, now + 2 * S_SEC);
+    llmq_result_t failure = { .error_class = LLMQ_EC_SERVER, .error = "once more" }, final;
+    ck_assert_int_eq (llmq_store_requeue (store, id, lease, true, 0, &failure, now + 3 * S_SEC, &final, s_arena), 0);
+    ck_assert_int_eq (s_complete (store, id, s_lease (store, id, now + 4 * S_SEC), now + 5 * S_SEC), 0);
+    ck_assert_int_eq (llmq_store_status (store, id, &status, s_arena), 0);
+    ck_assert_uint_eq (status.state, LLMQ_STATE_DONE);
+    ck_assert_uint_eq (status.attempts, 2);
+    counts = s_counts (store, "b");
+    ck_assert_uint_eq (counts.total, 2);
+    ck_assert_uint_eq (counts.done, 2);
+    ck_assert_uint_eq (counts.dead, 0);
+    ck_assert_uint_eq (s_stats (store, "gpt").running, 0);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    llmq_store_close (&store);
+}
+END_TEST
+
+//  A purge deletes a dead letter as the timer would: result, key, batch
+//  membership and counts; by id, by model, or all.
+START_TEST (test_dead_purge)
+{
+    llmq_store_opts_t opts = s_opts ();
+    llmq_store_t *store = s_open (&opts, S_T0);
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t ids[6];
+    char keys[6][16];
+    for (int i = 0; i < 6; i++) {
+        snprintf (keys[i], sizeof keys[i], "key-%d", i);
+        s_spec_t spec = { .model = i < 4 ? "gpt" : "claude", .idem_key = keys[i], .batch_id = "b" };
+        ids[i] = s_submit_spec (store, &spec, S_T0, NULL);
+    }
+    uint64_t now = S_T0;
+    for (int i = 0; i < 6; i++) {
+        now = s_kill (store, ids[i], now);
+    }
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    ck_assert_int_eq (llmq_store_dead_purge (store, ids[0]), 0);
+    ck_assert_int_eq (llmq_store_dead_purge (store, ids[0]), LLMQ_ERR_NOT_FOUND);
+    ck_assert_int_eq (s_state (store, ids[0]), -LLMQ_ERR_NOT_FOUND);
+    llmq_batch_counts_t counts = s_counts (store, "b");
+    ck_assert_uint_eq (counts.total, 5);
+    ck_assert_uint_eq (counts.dead, 5);
+    //  Its key is free: the same key is a new job.
+    bool dup = true;
+    s_spec_t again = { .model = "gpt", .idem_key = keys[0] };
+    uint64_t fresh = s_submit_spec (store, &again, now, &dup);
+    ck_assert (!dup);
+    ck_assert_uint_ne (fresh, ids[0]);
+    //  The others' keys still hold.
+    s_spec_t kept = { .model = "gpt", .idem_key = keys[1] };
+    ck_assert_uint_eq (s_submit_spec (store, &kept, now, &dup), ids[1]);
+    ck_assert (dup);
+
+    size_t n = 99;
+    bool more = true;
+    ck_assert_int_eq (llmq_store_dead_purge_all (store, "claude", 0, &n, &more), 0);
+    ck_assert_uint_eq (n, 2);
+    ck_assert (!more);
+    ck_assert_int_eq (llmq_store_dead_purge_all (store, "no-such-model", 0, &n, &more), 0);
+    ck_assert_uint_eq (n, 0);
+    uint64_t seen[8];
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 8), 3);
+    //  A bound: two now, the last one after.
+    ck_assert_int_eq (llmq_store_dead_purge_all (store, NULL, 2, &n, &more), 0);
+    ck_assert_uint_eq (n, 2);
+    ck_assert (more);
+    ck_assert_int_eq (llmq_store_dead_purge_all (store, NULL, 2, &n, &more), 0);
+    ck_assert_uint_eq (n, 1);
+    ck_assert (!more);
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 8), 0);
+    //  The batch had only dead letters: it is gone with them.
+    llmq_result_t *results;
+    uint64_t next;
+    size_t nr;
+    ck_assert_int_eq (llmq_store_fetch (store, "b", 0, 100, &results, &nr, &next, &more, &counts, s_arena),
+                      LLMQ_ERR_NOT_FOUND);
+    for (int i = 1; i < 6; i++) {
+        ck_assert_int_eq (s_state (store, ids[i]), -LLMQ_ERR_NOT_FOUND);
+    }
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  The timer later finds nothing of them to drop, and the fresh job
+    //  under the freed key is untouched.
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    llmq_store_tick (store, now + S_TTL + S_SEC, 1000, NULL, NULL, s_arena);
+    ck_assert_int_eq (s_state (store, fresh), LLMQ_STATE_QUEUED);
+    ck_assert_uint_eq (s_submit_spec (store, &again, now, &dup), fresh);
+    ck_assert (dup);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    llmq_store_close (&store);
+}
+END_TEST
+
+//  A thousand dead letters back in the queue in one transaction, by
+//  model; then every one of them runs to the end.
+START_TEST (test_dead_requeue_thousand)
+{
+    enum { N = 1000 };
+    llmq_store_opts_t opts = s_opts ();
+    llmq_store_t *store = s_open (&opts, S_T0);
+    static uint64_t ids[N];
+    uint64_t now = S_T0;
+    for (int turn = 0; turn < N / 100; turn++) {
+        ck_assert_int_eq (llmq_store_begin (store), 0);
+        for (int i = turn * 100; i < (turn + 1) * 100; i++) {
+            s_spec_t spec = { .model = "gpt", .priority = i % LLMQ_NPRIO, .max_attempts = 1, .batch_id = "big" };
+            ids[i] = s_submit_spec (store, &spec, now, NULL);
+            now = s_kill (store, ids[i], now);
+        }
+        ck_assert_int_eq (llmq_store_commit (store), 0);
+        llmq_store_check_space (store);     //  between turns, as the broker does
+    }
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t other = s_submit (store, "claude", LLMQ_PRIO_URGENT, now);
+    now = s_kill (store, other, now);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    llmq_store_check_space (store);
+
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    size_t n = 0;
+    bool more = true;
+    ck_assert_int_eq (llmq_store_dead_requeue_all (store, "gpt", now, 0, &n, &more), 0);
+    ck_assert_uint_eq (n, N);
+    ck_assert (!more);
+    ck_assert_uint_eq (s_ready (store, "gpt"), N);
+    for (int p = 0; p < LLMQ_NPRIO; p++) {
+        ck_assert_uint_eq (s_stats (store, "gpt").ready[p], N / LLMQ_NPRIO);
+    }
+    ck_assert_int_eq (s_state (store, other), LLMQ_STATE_DEAD);      //  another model's
+    llmq_batch_counts_t counts = s_counts (store, "big");
+    ck_assert_uint_eq (counts.total, N);
+    ck_assert_uint_eq (counts.dead, 0);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    llmq_store_check_space (store);
+
+    //  Each leases and completes, in queue order (priority offsets apply
+    //  from the requeue on, so urgent ones come first).
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    size_t completed = 0;
+    uint64_t id;
+    uint64_t prev_prio = 0;
+    while ((id = s_head (store, "gpt")) != 0) {
+        llmq_job_t job;
+        llmq_result_t final;
+        ck_assert_int_eq (llmq_store_lease (store, id, now, &job, &final, s_arena), 0);
+        ck_assert_uint_ge (job.priority, prev_prio);
+        prev_prio = job.priority;
+        ck_assert_int_eq (s_complete (store, id, job.lease, now), 0);
+        completed++;
+        llmq_arena_reset (s_arena);
+    }
+    ck_assert_uint_eq (completed, N);
+    counts = s_counts (store, "big");
+    ck_assert_uint_eq (counts.done, N);
+    uint64_t seen[4];
+    ck_assert_uint_eq (s_dead_ids (store, NULL, seen, 4), 1);
+    ck_assert_uint_eq (seen[0], other);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    llmq_store_close (&store);
+}
+END_TEST
+
+
 static Suite *
 s_store_suite (void)
 {
@@ -1183,6 +1568,15 @@ s_store_suite (void)
     tcase_add_test (lifecycle, test_lease_past_deadline);
     tcase_add_test (lifecycle, test_fetch_a_batch);
     suite_add_tcase (suite, lifecycle);
+
+    TCase *dead = tcase_create ("dead letters");
+    tcase_add_checked_fixture (dead, s_setup, s_teardown);
+    tcase_set_timeout (dead, 60);
+    tcase_add_test (dead, test_dead_list_and_show);
+    tcase_add_test (dead, test_dead_requeue);
+    tcase_add_test (dead, test_dead_purge);
+    tcase_add_test (dead, test_dead_requeue_thousand);
+    suite_add_tcase (suite, dead);
 
     TCase *space = tcase_create ("space");
     tcase_add_checked_fixture (space, s_setup, s_teardown);
