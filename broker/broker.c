@@ -14,6 +14,7 @@
 #include "log.h"
 #include "router.h"
 #include "store.h"
+#include "tenants.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -49,6 +50,8 @@ typedef struct {
     bool degraded;                  /* served by the fallback group */
     bool last_attempt;              /* a failure ends the job (max attempts) */
     bool probe;                     /* a health probe: no job in the store */
+    char *user, *org;               /* tenant, to book the job's cost to */
+    uint64_t est_tokens;            /* what its quota admission counted */
 } s_lease_t;
 
 typedef struct {
@@ -80,6 +83,7 @@ struct llmq_broker {
     uint64_t next_tick_ms, next_heartbeat_ms;
     bool full;                      /* store refuses submits */
     llmq_router_t *router;          /* breakers, limits, balancing */
+    llmq_tenants_t *tenants;        /* tier quotas, budgets */
     zhashx_t *avoid;                /* job id -> deployment index + 1 its last attempt failed on */
     json_t *history;                /* breaker state changes, oldest first */
     bool history_dirty;
@@ -87,7 +91,7 @@ struct llmq_broker {
     /* Totals since start, for stats. */
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
              n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted, n_degraded,
-             n_retry_budget, n_probes, n_probe_failures;
+             n_retry_budget, n_probes, n_probe_failures, n_budget_alerts;
     uint64_t next_probe_id;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
@@ -162,6 +166,10 @@ s_lease_free (void **item)
         llmq_outcome_t o = { .error_class = LLMQ_EC_CANCELLED, .remaining_requests = -1,
                              .remaining_tokens = -1 };
         llmq_router_outcome (l->router, l->grant, &o, llmq_now_us () / 1000);
+    }
+    if (l) {
+        free (l->user);
+        free (l->org);
     }
     free (l);
     *item = NULL;
@@ -295,6 +303,7 @@ s_reply_error (llmq_broker_t *self, zsock_t *sock, zframe_t *to, uint64_t corr, 
 
 static s_worker_t *s_next_worker (llmq_broker_t *self);
 static size_t s_group_index (const llmq_broker_t *self, const char *name);
+static uint64_t s_scan_max_tokens (const char *body, uint32_t default_max);
 
 /*  Push a final result to the job's subscriber, if any, and forget it. */
 static void
@@ -364,6 +373,72 @@ s_reply_full (llmq_broker_t *self, zframe_t *from, uint64_t corr)
     s_send (self, self->frontend, from, &m);
 }
 
+/*  The token estimate a job's quota counts (prompt bytes / 4 + its answer
+    limit) and the most it may cost among its group's deployments. */
+static uint64_t
+s_job_estimate (llmq_broker_t *self, const llmq_job_t *job, uint64_t *cost)
+{
+    const llmq_group_t *g = llmq_config_group (self->config, job->model);
+    uint64_t prompt = strlen (job->body) / 4, answer = 256;
+    double price = 0;
+    for (size_t k = 0; g && k < g->ndeployments; k++) {
+        const llmq_deployment_t *d = llmq_config_deployment (self->config, g->deployments[k]);
+        uint64_t max = s_scan_max_tokens (job->body, d ? d->max_tokens : 0);
+        double c = d ? (double) prompt * d->price_input + (double) max * d->price_output : 0;
+        answer = k == 0 || max > answer ? max : answer;
+        price = c > price ? c : price;
+    }
+    *cost = (uint64_t) (price + 0.5);           /* µUSD: tokens x USD per 1M tokens */
+    return prompt + answer;
+}
+
+/*  Give back the quota counted for jobs [0, n) of a SUBMIT (only those with
+    dups[i] set, if dups is given). */
+static void
+s_unadmit (llmq_broker_t *self, const llmq_msg_t *m, size_t n, const uint8_t *dups, uint64_t now)
+{
+    for (size_t i = 0; i < n; i++) {
+        const llmq_job_t *job = &m->jobs[i];
+        if ((dups && !dups[i]) || !job->user || !*job->user) {
+            continue;
+        }
+        uint64_t cost;
+        llmq_tenants_unadmit (self->tenants, job->user, job->stream, s_job_estimate (self, job, &cost),
+                              now / 1000);
+    }
+}
+
+/*  Tier quotas and budgets: all the jobs of a SUBMIT, or none (then the
+    REJECTED names the job, the code and when to try again). */
+static bool
+s_admit_all (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
+{
+    for (size_t i = 0; i < m->njobs; i++) {
+        const llmq_job_t *job = &m->jobs[i];
+        if ((!job->user || !*job->user) && (!job->org || !*job->org)) {
+            continue;
+        }
+        uint64_t cost, retry = 0;
+        uint64_t tokens = s_job_estimate (self, job, &cost);
+        char why[400];
+        int rc = llmq_tenants_admit (self->tenants, job->user, job->org, job->stream, tokens, (int64_t) cost,
+                                     now / 1000, &retry, why, sizeof why);
+        if (rc) {
+            s_unadmit (self, m, i, NULL, now);
+            llmq_msg_t r = { 0 };
+            r.cmd = LLMQ_CMD_REJECTED;
+            r.corr = m->corr;
+            r.code = (uint32_t) rc;
+            r.reason = why;
+            r.index = (int64_t) i;
+            r.retry_after_ms = retry;
+            s_send (self, self->frontend, from, &r);
+            return false;
+        }
+    }
+    return true;
+}
+
 /*  Returns true if the message must be retried next turn. */
 static bool
 s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
@@ -402,9 +477,15 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
         s_reply_full (self, from, m->corr);
         return false;
     }
+    if (!s_admit_all (self, from, m, now)) {
+        return false;               /* over a quota or a budget: refused */
+    }
     uint64_t *ids = (uint64_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *ids);
     uint8_t *dups = (uint8_t *) llmq_arena_alloc (self->arena, m->njobs);
     int rc = llmq_store_submit_all (self->store, m->jobs, m->njobs, now, dups);
+    if (rc) {
+        s_unadmit (self, m, m->njobs, NULL, now);
+    }
     if (rc == LLMQ_ERR_STORE_FULL && llmq_store_can_grow (self->store)) {
         llmq_store_want_grow (self->store);
         return true;                /* retried after the map has grown */
@@ -417,6 +498,7 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
         s_reply_error (self, self->frontend, from, m->corr, LLMQ_CMD_REJECTED, rc, "broker store error");
         return false;
     }
+    s_unadmit (self, m, m->njobs, dups, now);     /* a known idempotency key runs nothing new */
     bool any_dup = false;
     for (size_t i = 0; i < m->njobs; i++) {
         llmq_job_t *job = &m->jobs[i];
@@ -680,6 +762,11 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "restarted", json_integer ((json_int_t) self->n_restarted));
     json_object_set_new (t, "degraded", json_integer ((json_int_t) self->n_degraded));
     json_object_set_new (t, "probes", json_integer ((json_int_t) self->n_probes));
+    uint64_t quota_refused, budget_refused, alerts;
+    llmq_tenants_totals (self->tenants, &quota_refused, &budget_refused, &alerts);
+    json_object_set_new (t, "quota_refused", json_integer ((json_int_t) quota_refused));
+    json_object_set_new (t, "budget_refused", json_integer ((json_int_t) budget_refused));
+    json_object_set_new (t, "budget_alerts", json_integer ((json_int_t) alerts));
     json_object_set_new (t, "probe_failures", json_integer ((json_int_t) self->n_probe_failures));
     json_object_set_new (t, "retry_budget_refused", json_integer ((json_int_t) self->n_retry_budget));
     json_object_set_new (t, "cancelled", json_integer ((json_int_t) self->n_cancelled));
@@ -968,6 +1055,11 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
             res->error = text;
         }
     }
+    /*  Its cost: the tokens it used at the serving deployment's prices
+        (USD per million tokens, so tokens x price is micro-USD). */
+    const llmq_deployment_t *dd = &self->config->deployments[l->dep];
+    res->cost_micro = (uint64_t) ((double) res->prompt_tokens * dd->price_input
+                                  + (double) res->completion_tokens * dd->price_output + 0.5);
     bool saved = s_save (self, false);
     llmq_result_t final;
     int rc;
@@ -1029,6 +1121,11 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
     }
     if (l->worker) {
         l->worker->running--;
+    }
+    if (ended && (l->user || l->org)) {
+        llmq_tenants_settle (self->tenants, l->user, l->org, l->est_tokens,
+                             (uint64_t) res->prompt_tokens + res->completion_tokens,
+                             (int64_t) res->cost_micro, now_ms);
     }
     zhashx_delete (self->leases, U64_KEY (m->id));
     if (ended) {
@@ -1194,15 +1291,12 @@ s_next_worker (llmq_broker_t *self)
     return best;
 }
 
-/*  Tokens a call may use, reserved against the deployment's TPM until the
-    worker reports what it used: the prompt's bytes / 4 (about one token
-    per 4 bytes of English) plus the answer's limit, max_tokens or
-    max_completion_tokens in the body, else the deployment's default, else
-    256. A scan, not a parse: the broker never parses bodies. */
+/*  The answer's limit: max_tokens or max_completion_tokens in the body,
+    else the deployment's default, else 256. A scan, not a parse: the
+    broker never parses bodies. */
 static uint64_t
-s_estimate_tokens (const char *body, uint32_t default_max)
+s_scan_max_tokens (const char *body, uint32_t default_max)
 {
-    size_t len = strlen (body);
     uint64_t max = default_max ? default_max : 256;
     static const char *keys[] = { "\"max_tokens\"", "\"max_completion_tokens\"" };
     for (int k = 0; k < 2; k++) {
@@ -1218,7 +1312,16 @@ s_estimate_tokens (const char *body, uint32_t default_max)
             }
         }
     }
-    return len / 4 + max;
+    return max;
+}
+
+/*  Tokens a call may use, reserved against the deployment's TPM until the
+    worker reports what it used: the prompt's bytes / 4 (about one token
+    per 4 bytes of English) plus the answer's limit. */
+static uint64_t
+s_estimate_tokens (const char *body, uint32_t default_max)
+{
+    return strlen (body) / 4 + s_scan_max_tokens (body, default_max);
 }
 
 /*  Config group index of a name, or SIZE_MAX. */
@@ -1337,6 +1440,12 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         l->granted = true;
         l->dep = pick.dep;
         l->degraded = pick.degraded;
+        if ((job.user && *job.user) || (job.org && *job.org)) {
+            uint64_t cost;
+            l->user = job.user && *job.user ? strdup (job.user) : NULL;
+            l->org = job.org && *job.org ? strdup (job.org) : NULL;
+            l->est_tokens = s_job_estimate (self, &job, &cost);
+        }
         if (pick.degraded) {
             self->n_degraded++;
         }
@@ -1574,6 +1683,68 @@ done:
     return router;
 }
 
+/*  A budget crossed 80, 90 or 100 %: logged and counted. */
+static void
+s_on_budget_alert (void *arg, const char *kind, const char *name, const char *period, int pct,
+                   int64_t spent, int64_t budget, uint64_t now_ms)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    (void) now_ms;
+    self->n_budget_alerts++;
+    llmq_warn ("budget alert: %s %s has spent %d %% of its %s budget ($%.6f of $%.6f)%s", kind, name, pct,
+               period[0] == 'd' ? "daily" : "monthly", (double) spent / 1e6, (double) budget / 1e6,
+               pct >= 100 ? "; its new jobs are refused" : "");
+}
+
+/*  Tiers (built-in, then the file's, which win), users and orgs. */
+static llmq_tenants_t *
+s_tenants_new (const llmq_config_t *config)
+{
+    const llmq_cfg_tier_t *builtin;
+    size_t nb = llmq_config_builtin_tiers (&builtin);
+    size_t nt = nb + config->ntiers;
+    llmq_tier_t *tiers = (llmq_tier_t *) calloc (nt, sizeof *tiers);
+    llmq_user_conf_t *users = (llmq_user_conf_t *) calloc (config->nusers + 1, sizeof *users);
+    llmq_org_conf_t *orgs = (llmq_org_conf_t *) calloc (config->norgs + 1, sizeof *orgs);
+    llmq_tenants_t *t = NULL;
+    if (tiers && users && orgs) {
+        size_t n = 0;
+        for (size_t i = 0; i < nb; i++) {
+            const llmq_cfg_tier_t *c = llmq_config_tier (config, builtin[i].name);
+            tiers[n++] = (llmq_tier_t) { c->name, c->rpm, c->rph, c->rpd, c->tokens_per_day, c->weight };
+        }
+        for (size_t i = 0; i < config->ntiers; i++) {
+            const llmq_cfg_tier_t *c = &config->tiers[i];
+            const llmq_cfg_tier_t *b;
+            bool is_builtin = false;
+            for (size_t k = 0; k < nb; k++) {
+                b = &builtin[k];
+                is_builtin |= strcmp (b->name, c->name) == 0;
+            }
+            if (!is_builtin) {
+                tiers[n++] = (llmq_tier_t) { c->name, c->rpm, c->rph, c->rpd, c->tokens_per_day, c->weight };
+            }
+        }
+        for (size_t i = 0; i < config->nusers; i++) {
+            const llmq_cfg_user_t *u = &config->users[i];
+            users[i] = (llmq_user_conf_t) { u->name, u->tier, (int64_t) (u->budget_daily * 1e6 + 0.5),
+                                            (int64_t) (u->budget_monthly * 1e6 + 0.5) };
+        }
+        for (size_t i = 0; i < config->norgs; i++) {
+            const llmq_cfg_org_t *o = &config->orgs[i];
+            orgs[i] = (llmq_org_conf_t) { o->name, (int64_t) (o->budget_daily * 1e6 + 0.5),
+                                          (int64_t) (o->budget_monthly * 1e6 + 0.5) };
+        }
+        llmq_tenants_opts_t opts = { config->default_tier ? config->default_tier : "free",
+                                     config->stream_weight, config->large_job_tokens };
+        t = llmq_tenants_new (tiers, n, users, config->nusers, orgs, config->norgs, &opts);
+    }
+    free (tiers);
+    free (users);
+    free (orgs);
+    return t;
+}
+
 /*  Snapshots of the router's state, stored under "router/<deployment>",
     and the breaker history under "history". */
 static void
@@ -1679,12 +1850,14 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     self->avoid = s_u64_map (NULL);
     self->history = json_array ();
     self->router = s_router_new (config);
-    if (!self->router || !self->history) {
+    self->tenants = s_tenants_new (config);
+    if (!self->router || !self->history || !self->tenants) {
         snprintf (err, errlen, "out of memory");
         llmq_broker_destroy (&self);
         return NULL;
     }
     llmq_router_on_event (self->router, s_on_router_event, self);
+    llmq_tenants_on_alert (self->tenants, s_on_budget_alert, self);
     s_router_load (self);
     self->arena = llmq_arena_new ();
     self->deferred = zlistx_new ();
@@ -1713,6 +1886,7 @@ llmq_broker_destroy (llmq_broker_t **self_p)
         zhashx_destroy (&self->subs);
         zhashx_destroy (&self->avoid);
         llmq_router_destroy (&self->router);
+        llmq_tenants_destroy (&self->tenants);
         json_decref (self->history);
         zsock_destroy (&self->frontend);
         zsock_destroy (&self->backend);

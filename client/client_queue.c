@@ -63,6 +63,8 @@ client_result_new (const llmq_result_t *r)
     res->tool_calls = s_pack (&cursor, r->tool_calls);
     res->error_class = r->error_class;
     res->degraded = r->degraded;
+    res->cost_micro = r->cost_micro;
+    res->cached = r->cached;
     res->priority = r->priority;
     res->http_status = r->http_status;
     res->attempts = r->attempts;

@@ -317,6 +317,8 @@ s_encode_result (const llmq_result_t *r, bool quota, llmq_buf_t *out)
     s_put_s (&m, "cid", r->custom_id);
     s_put_s (&m, "tools", r->tool_calls);
     s_put_b (&m, "degr", r->degraded);
+    s_put_b (&m, "hit", r->cached);
+    s_put_u (&m, "cost", r->cost_micro);
     s_put_u (&m, "class", r->error_class);
     s_put_u (&m, "prio", r->priority);
     s_put_u (&m, "http", r->http_status);
@@ -566,6 +568,8 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_S ("cid", r->custom_id);
         GET_S ("tools", r->tool_calls);
         GET_B ("degr", r->degraded);
+        GET_B ("hit", r->cached);
+        GET_U ("cost", r->cost_micro, UINT64_MAX);
         GET_U ("class", r->error_class, 255);
         GET_U ("prio", r->priority, 3);
         GET_U ("http", r->http_status, 999);

@@ -132,6 +132,8 @@ typedef struct {
                                    "function":{"name","arguments"}}]; NULL when none */
     uint8_t  error_class;       /* llmq_error_class */
     bool     degraded;          /* served by its group's fallback group */
+    bool     cached;            /* answered from the response cache */
+    uint64_t cost_micro;        /* what it cost, in millionths of a USD */
     uint8_t  priority;
     uint16_t http_status;       /* provider HTTP status of the last attempt */
     uint32_t attempts;          /* dispatches it took */

@@ -110,6 +110,8 @@ s_full_result (uint64_t n)
                       "{\"name\":\"météo\",\"arguments\":\"{\\\"q\\\":\\\"Zürich\\\"}\"}}]",
         .error_class = LLMQ_EC_SERVER,
         .degraded = n % 2 == 0,
+        .cached = n % 3 == 0,
+        .cost_micro = 1234567 + (uint64_t) n,
         .priority = LLMQ_PRIO_LOW,
         .http_status = 503,
         .attempts = 3,
@@ -279,6 +281,8 @@ s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b, bool quota)
     ck_assert_pstr_eq (a->custom_id, b->custom_id);
     ck_assert_pstr_eq (a->tool_calls, b->tool_calls);
     ck_assert_int_eq (a->degraded, b->degraded);
+    ck_assert_int_eq (a->cached, b->cached);
+    ck_assert_uint_eq (a->cost_micro, b->cost_micro);
     ck_assert_uint_eq (a->error_class, b->error_class);
     ck_assert_uint_eq (a->priority, b->priority);
     ck_assert_uint_eq (a->http_status, b->http_status);

@@ -1,0 +1,128 @@
+/*  test_tenants.c -- quotas, costs and budgets through a real broker and
+    worker (echo provider) on 127.0.0.1.
+*/
+#include "harness.h"
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define T_WAIT 20000
+
+static const char s_body[] = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":1}";
+
+static harness_t *
+s_start (const char *extra)
+{
+    harness_t *h = h_new (NULL);
+    ck_assert_ptr_nonnull (h);
+    FILE *f = fopen (h->conf, "a");
+    ck_assert_ptr_nonnull (f);
+    fprintf (f, "\n[deployment priced]\nprovider = echo\nprice_input = 1.5\nprice_output = 2\n"
+                "\n[group priced]\ndeployments = priced\n%s", extra);
+    ck_assert_int_eq (fclose (f), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    return h;
+}
+
+static int
+s_submit (llmq *c, const char *user, const char *org, uint64_t *id)
+{
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "priced";
+    j.body = s_body;
+    j.user = user;
+    j.org = org;
+    return llmq_submit (c, &j, id, 5000);
+}
+
+static uint64_t
+s_minute (void)
+{
+    return (uint64_t) time (NULL) / 60;
+}
+
+START_TEST (test_free_tier_eleventh_refused)
+{
+    harness_t *h = s_start ("");
+    llmq *c = h_client (h);
+    /*  Ten a minute on the free tier (the default). Calendar minutes: if
+        one ends during the ten, the count starts over and we try again in
+        the next minute. */
+    for (int round = 0; round < 2; round++) {
+        uint64_t minute = s_minute ();
+        char user[32];
+        snprintf (user, sizeof user, "ann%d", round);
+        uint64_t id;
+        for (int i = 0; i < 10; i++) {
+            ck_assert_int_eq (s_submit (c, user, NULL, &id), LLMQ_OK);
+        }
+        int rc = s_submit (c, user, NULL, &id);
+        if (s_minute () != minute) {
+            continue;
+        }
+        ck_assert_int_eq (rc, LLMQ_ERR_QUOTA);
+        ck_assert_msg (strstr (llmq_last_error (c), "10 requests a minute used"), "%s", llmq_last_error (c));
+        ck_assert_ptr_nonnull (strstr (llmq_last_error (c), "(retry after "));
+        /*  Another user is not held back. */
+        ck_assert_int_eq (s_submit (c, "bob", NULL, &id), LLMQ_OK);
+        ck_assert_int_eq (h_stat (c, "totals.quota_refused"), 1);
+        break;
+    }
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+START_TEST (test_cost_and_budget)
+{
+    harness_t *h = s_start ("\n[user cy]\ntier = enterprise\nbudget_daily = 0.00005\n");
+    llmq *c = h_client (h);
+    /*  The echo answers "echo: hi": 1 prompt and 2 completion tokens, so
+        1 x 1.5 + 2 x 2 = 5.5 -> 6 micro-dollars. The submit check counts
+        the estimate: bytes / 4 prompt tokens and max_tokens 1 answer. */
+    uint64_t estimate = (uint64_t) ((double) (strlen (s_body) / 4) * 1.5 + 2.0 + 0.5);
+    uint64_t spent = 0;
+    int done = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t id;
+        int rc = s_submit (c, "cy", "acme", &id);
+        if (spent + estimate > 50) {
+            ck_assert_int_eq (rc, LLMQ_ERR_BUDGET);
+            ck_assert_msg (strstr (llmq_last_error (c), "user cy: daily budget spent"), "%s",
+                           llmq_last_error (c));
+            break;
+        }
+        ck_assert_int_eq (rc, LLMQ_OK);
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        ck_assert_uint_eq (r->prompt_tokens, 1);
+        ck_assert_uint_eq (r->completion_tokens, 2);
+        ck_assert_uint_eq (r->cost_micro, 6);
+        llmq_result_free (&r);
+        spent += 6;
+        done++;
+    }
+    ck_assert_int_eq (done, (int) ((50 - estimate) / 6 + 1));
+    ck_assert_int_eq (h_stat (c, "totals.budget_refused"), 1);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+int
+main (void)
+{
+    Suite *s = suite_create ("tenants_e2e");
+    TCase *tc = tcase_create ("tenants");
+    tcase_set_timeout (tc, 60);
+    tcase_add_test (tc, test_free_tier_eleventh_refused);
+    tcase_add_test (tc, test_cost_and_budget);
+    suite_add_tcase (s, tc);
+    return h_run_suite (s);
+}
