@@ -2,7 +2,9 @@
 #include "admin.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codec.h"
 
@@ -379,6 +381,179 @@ s_dead_purge (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t
     return json_pack ("{s:I, s:b}", "purged", (json_int_t) n, "more", more);
 }
 
+/*  "YYYY-MM-DD" (UTC) as unix days; -1 if not a date. */
+static int64_t
+s_day (const char *text)
+{
+    int y, m, d;
+    char tail;
+    if (!text || sscanf (text, "%4d-%2d-%2d%c", &y, &m, &d, &tail) != 3 || m < 1 || m > 12 || d < 1 || d > 31) {
+        return -1;
+    }
+    struct tm tm = { 0 };
+    tm.tm_year = y - 1900;
+    tm.tm_mon = m - 1;
+    tm.tm_mday = d;
+    time_t t = timegm (&tm);
+    struct tm back;
+    gmtime_r (&t, &back);
+    if (back.tm_mday != d) {
+        return -1;                  /* 2026-02-30 */
+    }
+    return (int64_t) (t / 86400);
+}
+
+typedef struct {
+    const char *by;                 /* org, user, model, day */
+    json_t *rows;                   /* key -> {requests, failed, prompt_tokens, ...} */
+} s_report_t;
+
+static void
+s_add (json_t *row, const char *field, uint64_t v)
+{
+    json_object_set_new (row, field, json_integer (json_integer_value (json_object_get (row, field))
+                                                   + (json_int_t) v));
+}
+
+static void
+s_report_row (void *arg, const llmq_usage_t *u)
+{
+    s_report_t *r = (s_report_t *) arg;
+    char day[16];
+    const char *key;
+    if (strcmp (r->by, "user") == 0) {
+        key = u->user;
+    }
+    else
+    if (strcmp (r->by, "model") == 0) {
+        key = u->model;
+    }
+    else
+    if (strcmp (r->by, "day") == 0) {
+        time_t t = (time_t) u->day * 86400;
+        struct tm tm;
+        gmtime_r (&t, &tm);
+        strftime (day, sizeof day, "%Y-%m-%d", &tm);
+        key = day;
+    }
+    else {
+        key = u->org;
+    }
+    json_t *row = json_object_get (r->rows, key);
+    if (!row) {
+        row = json_object ();
+        json_object_set_new (r->rows, key, row);
+    }
+    s_add (row, "requests", u->requests);
+    s_add (row, "failed", u->failed);
+    s_add (row, "prompt_tokens", u->prompt_tokens);
+    s_add (row, "completion_tokens", u->completion_tokens);
+    s_add (row, "cost_micro", u->cost_micro);
+}
+
+/*  "usage.report" {"from": DAY, "to": DAY, "by": org|user|model|day}:
+    requests, tokens and cost per row, days inclusive (UTC). */
+static json_t *
+s_usage_report (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    int64_t from = s_day (json_string_value (json_object_get (req, "from")));
+    int64_t to = s_day (json_string_value (json_object_get (req, "to")));
+    const char *by = json_string_value (json_object_get (req, "by"));
+    by = by ? by : "org";
+    if (from < 0 || to < 0) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen,
+                       "\"from\" and \"to\" must be dates as YYYY-MM-DD (UTC)");
+    }
+    if (to < from) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "\"to\" is before \"from\"");
+    }
+    if (strcmp (by, "org") && strcmp (by, "user") && strcmp (by, "model") && strcmp (by, "day")) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "\"by\" must be org, user, model or day");
+    }
+    s_report_t r = { by, json_object () };
+    if (llmq_store_usage_each (ctx->store, (uint32_t) from, (uint32_t) to, s_report_row, &r) != 0) {
+        json_decref (r.rows);
+        return s_fail (code, LLMQ_ERR_STORE, why, whylen, "cannot read the usage records");
+    }
+    /*  Rows as an array sorted by key, and the totals. */
+    json_t *rows = json_array (), *total = json_object ();
+    const char **keys = (const char **) calloc (json_object_size (r.rows) + 1, sizeof *keys);
+    size_t n = 0;
+    const char *key;
+    json_t *row;
+    json_object_foreach (r.rows, key, row) {
+        keys[n++] = key;
+    }
+    for (size_t i = 1; i < n; i++) {
+        for (size_t j = i; j > 0 && strcmp (keys[j - 1], keys[j]) > 0; j--) {
+            const char *t = keys[j];
+            keys[j] = keys[j - 1];
+            keys[j - 1] = t;
+        }
+    }
+    static const char *fields[] = { "requests", "failed", "prompt_tokens", "completion_tokens", "cost_micro" };
+    for (size_t i = 0; i < n; i++) {
+        json_t *src = json_object_get (r.rows, keys[i]);
+        json_t *out = json_pack ("{s:s}", "key", keys[i]);
+        for (size_t f = 0; f < 5; f++) {
+            json_t *v = json_object_get (src, fields[f]);
+            json_object_set (out, fields[f], v ? v : json_integer (0));
+            s_add (total, fields[f], (uint64_t) json_integer_value (v));
+        }
+        json_array_append_new (rows, out);
+    }
+    free (keys);
+    json_decref (r.rows);
+    return json_pack ("{s:s, s:s, s:s, s:o, s:o}", "from", json_string_value (json_object_get (req, "from")),
+                      "to", json_string_value (json_object_get (req, "to")), "by", by, "rows", rows,
+                      "total", total);
+}
+
+/*  "quota.show" {"user": NAME} or {"org": NAME}: limits, usage, budgets. */
+static json_t *
+s_quota_show (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    const char *user = json_string_value (json_object_get (req, "user"));
+    const char *org = json_string_value (json_object_get (req, "org"));
+    if (!ctx->tenants || (!user && !org)) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "quota.show needs \"user\" or \"org\"");
+    }
+    llmq_quota_view_t v;
+    if (user) {
+        llmq_tenants_view (ctx->tenants, user, ctx->now_us / 1000, &v);
+        return json_pack ("{s:s, s:s, s:{s:i, s:i, s:i, s:I}, s:{s:i, s:i, s:i, s:I}, "
+                          "s:{s:I, s:I, s:I, s:I}, s:I, s:I}",
+                          "user", user, "tier", v.tier,
+                          "limits", "rpm", (int) v.rpm, "rph", (int) v.rph, "rpd", (int) v.rpd,
+                          "tokens_per_day", (json_int_t) v.tpd,
+                          "used", "minute", (int) v.minute, "hour", (int) v.hour, "day", (int) v.day,
+                          "tokens_today", (json_int_t) v.day_tokens,
+                          "budget_micro", "daily", (json_int_t) v.budget_daily,
+                          "monthly", (json_int_t) v.budget_monthly, "spent_today", (json_int_t) v.spent_day,
+                          "spent_this_month", (json_int_t) v.spent_month,
+                          "quota_refused", (json_int_t) v.quota_refused,
+                          "budget_refused", (json_int_t) v.budget_refused);
+    }
+    llmq_tenants_org_view (ctx->tenants, org, ctx->now_us / 1000, &v);
+    return json_pack ("{s:s, s:{s:I, s:I, s:I, s:I}, s:I}", "org", org,
+                      "budget_micro", "daily", (json_int_t) v.budget_daily,
+                      "monthly", (json_int_t) v.budget_monthly, "spent_today", (json_int_t) v.spent_day,
+                      "spent_this_month", (json_int_t) v.spent_month,
+                      "budget_refused", (json_int_t) v.budget_refused);
+}
+
+/*  "quota.reset" {"user": NAME}: zero the user's request and token counts. */
+static json_t *
+s_quota_reset (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    const char *user = json_string_value (json_object_get (req, "user"));
+    if (!ctx->tenants || !user) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "quota.reset needs \"user\"");
+    }
+    llmq_tenants_reset (ctx->tenants, user);
+    return json_pack ("{s:s}", "reset", user);
+}
+
 static const struct {
     const char *name;
     s_op_fn *fn;
@@ -389,6 +564,9 @@ static const struct {
     { "dead.show",       s_dead_show },
     { "dead.requeue",    s_dead_requeue },
     { "dead.purge",      s_dead_purge },
+    { "usage.report",    s_usage_report },
+    { "quota.show",      s_quota_show },
+    { "quota.reset",     s_quota_reset },
 };
 
 json_t *

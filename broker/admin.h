@@ -15,6 +15,7 @@
 #include "config.h"
 #include "router.h"
 #include "store.h"
+#include "tenants.h"
 
 typedef struct {
     llmq_store_t *store;
@@ -28,6 +29,7 @@ typedef struct {
     void *changed_arg;
     /*  Breaker history as JSON (array, oldest first); borrowed. */
     const json_t *history;
+    llmq_tenants_t *tenants;        /* may be NULL in tests */
 } llmq_admin_t;
 
 /*  Run `req` ({"op": NAME, ...}). Returns a new JSON object to send back,

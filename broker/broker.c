@@ -622,7 +622,7 @@ s_client_admin (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now
     }
     else {
         llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, now,
-                             NULL, NULL, self->history };
+                             NULL, NULL, self->history, self->tenants };
         rep = llmq_admin_run (&ctx, req, &code, why, sizeof why);
     }
     json_decref (req);
@@ -1105,6 +1105,15 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         res->state = LLMQ_STATE_FAILED;
         rc = llmq_store_complete (self->store, m->id, m->lease, res, now, &final, self->arena);
         ended = rc == 0;
+    }
+    if (ended) {
+        /*  Booked with the result, in the same transaction. */
+        int urc = llmq_store_usage_add (self->store, (uint32_t) (now / 86400000000ull), l->org, l->user,
+                                        final.model, final.state == LLMQ_STATE_DONE, res->prompt_tokens,
+                                        res->completion_tokens, res->cost_micro);
+        if (urc) {
+            llmq_warn ("job %llu: usage not recorded: %s", (unsigned long long) m->id, llmq_strerror (urc));
+        }
     }
     /* Dead-lettering (JOB_FAILED) is a write too. */
     bool written = rc == 0 || rc == LLMQ_ERR_JOB_FAILED;
@@ -1745,8 +1754,18 @@ s_tenants_new (const llmq_config_t *config)
     return t;
 }
 
+static void
+s_tenant_load (void *arg, const char *key, const void *data, size_t len)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    if (llmq_tenants_load (self->tenants, key + 7, (const char *) data, len) != 0) {
+        llmq_warn ("%s: stored quota and budget state unreadable: starting afresh", key);
+    }
+}
+
 /*  Snapshots of the router's state, stored under "router/<deployment>",
-    and the breaker history under "history". */
+    the breaker history under "history", tenants' counts and spend under
+    "tenant/user/NAME" and "tenant/org/NAME". */
 static void
 s_router_load (llmq_broker_t *self)
 {
@@ -1776,12 +1795,25 @@ s_router_load (llmq_broker_t *self)
             json_decref (h);
         }
     }
+    llmq_store_state_each (self->store, "tenant/", s_tenant_load, self);
     llmq_store_abort (self->store);
+}
+
+static void
+s_tenant_save (void *arg, const char *key, const char *json)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    char name[400];
+    snprintf (name, sizeof name, "tenant/%s", key);
+    if (llmq_store_state_put (self->store, name, json, strlen (json)) != 0) {
+        llmq_warn ("%s: cannot store quota and budget state", name);
+    }
 }
 
 static void
 s_router_save (llmq_broker_t *self)
 {
+    llmq_tenants_save (self->tenants, s_tenant_save, self);
     size_t size = llmq_router_save_size ();
     char *buf = NULL;
     for (size_t i = 0; i < self->config->ndeployments; i++) {

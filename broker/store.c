@@ -50,6 +50,7 @@ struct llmq_store {
     MDB_env *env;
     MDB_txn *txn;                   /* the turn's write transaction, or NULL */
     MDB_dbi state;                  /* name -> blob: the router's snapshots */
+    MDB_dbi usage;                  /* day|org|user|model -> counts */
     MDB_dbi meta, routes, jobs, ready, delayed, deadlines, leases, results, expiry, idem,
             batches, batchjobs;
     MDB_dbi dead;                   /* id -> expire_at|route|job record: dead letters */
@@ -441,7 +442,7 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
             { "ready", &self->ready }, { "delayed", &self->delayed }, { "deadlines", &self->deadlines },
             { "leases", &self->leases }, { "results", &self->results }, { "expiry", &self->expiry },
             { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs },
-            { "state", &self->state }, { "dead", &self->dead }
+            { "state", &self->state }, { "usage", &self->usage }, { "dead", &self->dead }
         };
         for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) {
             rc = mdb_dbi_open (self->txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -1959,4 +1960,136 @@ int
 llmq_store_dead_purge_all (llmq_store_t *self, const char *model, size_t max, size_t *purged, bool *more)
 {
     return s_dead_all (self, model, 0, false, max, purged, more);
+}
+
+/* ------------------------------------------------------------------------
+   Usage: requests, tokens and cost per (day, org, user, model)
+   ------------------------------------------------------------------------ */
+
+#define S_USAGE_VALUE 40            /* requests, failed, prompt, completion, cost: u64 each */
+
+/*  Key: day (u32, big-endian, so days sort) then org, user, model, each
+    NUL-terminated ("" for none). */
+static size_t
+s_usage_key (unsigned char *buf, size_t cap, uint32_t day, const char *org, const char *user,
+             const char *model)
+{
+    const char *parts[3] = { org ? org : "", user ? user : "", model ? model : "" };
+    size_t len = 4;
+    if (cap < 4) {
+        return 0;
+    }
+    s_put32 (buf, day);
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen (parts[i]) + 1;
+        if (len + n > cap) {
+            return 0;
+        }
+        memcpy (buf + len, parts[i], n);
+        len += n;
+    }
+    return len;
+}
+
+int
+llmq_store_usage_add (llmq_store_t *self, uint32_t day, const char *org, const char *user,
+                      const char *model, bool ok, uint64_t prompt_tokens, uint64_t completion_tokens,
+                      uint64_t cost_micro)
+{
+    unsigned char key[512];
+    size_t klen = s_usage_key (key, sizeof key, day, org, user, model);
+    if (!klen) {
+        return LLMQ_ERR_INVALID;
+    }
+    MDB_val k = { klen, key }, v;
+    uint64_t counts[5] = { 0 };
+    int rc = mdb_get (self->txn, self->usage, &k, &v);
+    if (rc == 0 && v.mv_size == S_USAGE_VALUE) {
+        for (int i = 0; i < 5; i++) {
+            counts[i] = s_get64 ((const unsigned char *) v.mv_data + 8 * i);
+        }
+    }
+    else
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return LLMQ_ERR_STORE;
+    }
+    counts[0]++;
+    counts[1] += ok ? 0 : 1;
+    counts[2] += prompt_tokens;
+    counts[3] += completion_tokens;
+    counts[4] += cost_micro;
+    unsigned char value[S_USAGE_VALUE];
+    for (int i = 0; i < 5; i++) {
+        s_put64 (value + 8 * i, counts[i]);
+    }
+    MDB_val d = { sizeof value, value };
+    rc = mdb_put (self->txn, self->usage, &k, &d, 0);
+    return rc == MDB_MAP_FULL ? LLMQ_ERR_STORE_FULL : rc ? LLMQ_ERR_STORE : 0;
+}
+
+int
+llmq_store_usage_each (llmq_store_t *self, uint32_t from_day, uint32_t to_day,
+                       llmq_usage_fn *fn, void *arg)
+{
+    MDB_cursor *cur;
+    if (mdb_cursor_open (self->txn, self->usage, &cur)) {
+        return LLMQ_ERR_STORE;
+    }
+    unsigned char start[4];
+    s_put32 (start, from_day);
+    MDB_val k = { sizeof start, start }, v;
+    int rc = mdb_cursor_get (cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0) {
+        const unsigned char *p = (const unsigned char *) k.mv_data;
+        if (k.mv_size < 7 || v.mv_size != S_USAGE_VALUE || p[k.mv_size - 1] != '\0') {
+            rc = mdb_cursor_get (cur, &k, &v, MDB_NEXT);
+            continue;               /* not ours: skipped */
+        }
+        uint32_t day = (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
+        if (day > to_day) {
+            break;
+        }
+        llmq_usage_t u;
+        u.day = day;
+        u.org = (const char *) p + 4;
+        u.user = u.org + strlen (u.org) + 1;
+        u.model = u.user + strlen (u.user) + 1;
+        if ((const unsigned char *) u.model + strlen (u.model) + 1 != p + k.mv_size) {
+            rc = mdb_cursor_get (cur, &k, &v, MDB_NEXT);
+            continue;
+        }
+        const unsigned char *q = (const unsigned char *) v.mv_data;
+        u.requests = s_get64 (q);
+        u.failed = s_get64 (q + 8);
+        u.prompt_tokens = s_get64 (q + 16);
+        u.completion_tokens = s_get64 (q + 24);
+        u.cost_micro = s_get64 (q + 32);
+        fn (arg, &u);
+        rc = mdb_cursor_get (cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close (cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : LLMQ_ERR_STORE;
+}
+
+int
+llmq_store_state_each (llmq_store_t *self, const char *prefix, llmq_state_fn *fn, void *arg)
+{
+    MDB_cursor *cur;
+    if (mdb_cursor_open (self->txn, self->state, &cur)) {
+        return LLMQ_ERR_STORE;
+    }
+    size_t plen = strlen (prefix);
+    MDB_val k = { plen, (void *) prefix }, v;
+    int rc = mdb_cursor_get (cur, &k, &v, MDB_SET_RANGE);
+    char key[512];
+    while (rc == 0 && k.mv_size >= plen && memcmp (k.mv_data, prefix, plen) == 0) {
+        if (k.mv_size < sizeof key) {
+            memcpy (key, k.mv_data, k.mv_size);
+            key[k.mv_size] = '\0';
+            fn (arg, key, v.mv_data, v.mv_size);
+        }
+        rc = mdb_cursor_get (cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close (cur);
+    return rc == 0 || rc == MDB_NOTFOUND ? 0 : LLMQ_ERR_STORE;
 }

@@ -20,6 +20,7 @@
       idem      idempotency key -> id
       batches   batch -> counts;  batchjobs  batch\0id -> ""
       state     name -> blob                           the router's snapshots
+      usage     day|org|user|model -> counts            requests, tokens, cost
       dead      id -> expire_at|route|job record       dead-lettered jobs, while
                                                        their result lives
 */
@@ -152,6 +153,9 @@ int  llmq_store_status (llmq_store_t *self, uint64_t id, llmq_result_t *out, llm
     LLMQ_ERR_NOT_FOUND or LLMQ_ERR_STORE. */
 int  llmq_store_state_put (llmq_store_t *self, const char *key, const void *data, size_t len);
 int  llmq_store_state_get (llmq_store_t *self, const char *key, const void **data, size_t *len);
+/*  Every record whose name starts with `prefix`, in name order. */
+typedef void (llmq_state_fn) (void *arg, const char *key, const void *data, size_t len);
+int  llmq_store_state_each (llmq_store_t *self, const char *prefix, llmq_state_fn *fn, void *arg);
 
 /*  Up to `limit` final results of a batch with id > after, in id order.
     *more is true if the batch has jobs beyond the last one returned. */
@@ -223,5 +227,22 @@ int  llmq_store_route (llmq_store_t *self, const char *name, uint32_t *number);
 size_t llmq_store_routes (llmq_store_t *self, const llmq_route_stats_t **routes);
 /*  Earliest not_before among delayed jobs, or 0 when none. */
 uint64_t llmq_store_next_delayed (llmq_store_t *self);
+
+/*  Usage, per (UTC day, org, user, model), written in the same
+    transaction as the job's result: one request, its tokens and cost
+    (micro-USD); `ok` false counts it failed too. Day = unix days. */
+typedef struct {
+    uint32_t day;
+    const char *org, *user, *model;     /* "" for none */
+    uint64_t requests, failed, prompt_tokens, completion_tokens, cost_micro;
+} llmq_usage_t;
+typedef void (llmq_usage_fn) (void *arg, const llmq_usage_t *u);
+int  llmq_store_usage_add (llmq_store_t *self, uint32_t day, const char *org, const char *user,
+                           const char *model, bool ok, uint64_t prompt_tokens,
+                           uint64_t completion_tokens, uint64_t cost_micro);
+/*  Every record of days [from_day, to_day], in day order (inside a
+    transaction). */
+int  llmq_store_usage_each (llmq_store_t *self, uint32_t from_day, uint32_t to_day,
+                            llmq_usage_fn *fn, void *arg);
 
 #endif

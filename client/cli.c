@@ -27,6 +27,8 @@ static const char s_usage[] =
     "  batch results ID        write a batch's results as OpenAI Batch output (JSONL)\n"
     "  dead list|show ID       dead-lettered jobs (also: dead requeue, dead purge)\n"
     "  breaker reset|history   the broker's circuit breakers\n"
+    "  report --from --to      requests, tokens and cost per org, user or model\n"
+    "  quota USER              a user's tier limits, usage and budgets\n"
     "  version                 print the client version\n"
     "\n"
     "Global options (also accepted after the command):\n"
@@ -262,6 +264,12 @@ main (int argc, char **argv)
     }
     if (strcmp (command, "breaker") == 0) {
         return cmd_breaker (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "report") == 0) {
+        return cmd_report (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "quota") == 0) {
+        return cmd_quota (&cli, cargc, cargv);
     }
     if (strcmp (command, "version") == 0) {
         return s_version ();

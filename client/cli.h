@@ -72,5 +72,7 @@ int  cmd_stats  (cli_t *cli, int argc, char **argv);
 int  cmd_batch  (cli_t *cli, int argc, char **argv);
 int  cmd_dead   (cli_t *cli, int argc, char **argv);
 int  cmd_breaker (cli_t *cli, int argc, char **argv);
+int  cmd_report (cli_t *cli, int argc, char **argv);
+int  cmd_quota  (cli_t *cli, int argc, char **argv);
 
 #endif

@@ -4,6 +4,8 @@
 #include "harness.h"
 
 #include <check.h>
+#include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +73,15 @@ START_TEST (test_free_tier_eleventh_refused)
         /*  Another user is not held back. */
         ck_assert_int_eq (s_submit (c, "bob", NULL, &id), LLMQ_OK);
         ck_assert_int_eq (h_stat (c, "totals.quota_refused"), 1);
+        /*  The counts survive a broker restart. */
+        llmq_close (&c);
+        ck_assert_int_eq (h_stop (&h->broker, SIGTERM), 0);
+        ck_assert_int_eq (h_start_broker (h, NULL), 0);
+        c = h_client (h);
+        rc = s_submit (c, user, NULL, &id);
+        if (s_minute () == minute) {
+            ck_assert_int_eq (rc, LLMQ_ERR_QUOTA);
+        }
         break;
     }
     llmq_close (&c);
@@ -110,6 +121,50 @@ START_TEST (test_cost_and_budget)
     }
     ck_assert_int_eq (done, (int) ((50 - estimate) / 6 + 1));
     ck_assert_int_eq (h_stat (c, "totals.budget_refused"), 1);
+
+    /*  The report: totals are the sum of the jobs' costs. */
+    char today[16];
+    time_t now = time (NULL);
+    struct tm tm;
+    gmtime_r (&now, &tm);
+    strftime (today, sizeof today, "%Y-%m-%d", &tm);
+    char req[200], *rep = NULL;
+    snprintf (req, sizeof req, "{\"op\":\"usage.report\",\"from\":\"%s\",\"to\":\"%s\",\"by\":\"user\"}",
+              today, today);
+    ck_assert_int_eq (llmq_admin (c, req, &rep, 5000), LLMQ_OK);
+    json_t *j = json_loads (rep, 0, NULL);
+    llmq_free (rep);
+    json_t *total = json_object_get (j, "total");
+    ck_assert_int_eq (json_integer_value (json_object_get (total, "requests")), done);
+    ck_assert_int_eq (json_integer_value (json_object_get (total, "cost_micro")), 6 * done);
+    json_t *row = json_array_get (json_object_get (j, "rows"), 0);
+    ck_assert_str_eq (json_string_value (json_object_get (row, "key")), "cy");
+    ck_assert_int_eq (json_integer_value (json_object_get (row, "prompt_tokens")), done);
+    ck_assert_int_eq (json_integer_value (json_object_get (row, "completion_tokens")), 2 * done);
+    json_decref (j);
+    /*  The same through the CLI, as CSV with a 1.5 chargeback. */
+    char cmd[600];
+    snprintf (cmd, sizeof cmd, "%s/client/llmq --broker %s report --from %s --to %s --by org "
+              "--format csv --chargeback 1.5", LLMQ_BIN_DIR, h->frontend, today, today);
+    FILE *p = popen (cmd, "r");
+    ck_assert_ptr_nonnull (p);
+    char out[1024] = "";
+    size_t n = fread (out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    ck_assert_int_eq (pclose (p), 0);
+    char want[200];
+    snprintf (want, sizeof want, "org,requests,failed,prompt_tokens,completion_tokens,cost_usd,charge_usd\n"
+              "acme,%d,0,%d,%d,%.6f,%.6f\n", done, done, 2 * done, 6.0 * done / 1e6, 9.0 * done / 1e6);
+    ck_assert_str_eq (out, want);
+    /*  The quota view. */
+    ck_assert_int_eq (llmq_admin (c, "{\"op\":\"quota.show\",\"user\":\"cy\"}", &rep, 5000), LLMQ_OK);
+    j = json_loads (rep, 0, NULL);
+    llmq_free (rep);
+    ck_assert_str_eq (json_string_value (json_object_get (j, "tier")), "enterprise");
+    ck_assert_int_eq (json_integer_value (json_object_get (json_object_get (j, "budget_micro"), "spent_today")),
+                      6 * done);
+    ck_assert_int_eq (json_integer_value (json_object_get (json_object_get (j, "used"), "day")), done);
+    json_decref (j);
     llmq_close (&c);
     h_destroy (&h);
 }
