@@ -1352,6 +1352,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
     uint64_t now_ms = now / 1000;
     size_t nr = llmq_store_routes (self->store, &rs);
     bool blocked_small[64] = { false };
+    size_t nblocked = nr <= 64 ? 64 : nr;   /* routes this turn can look at */
     bool *blocked = nr <= 64 ? blocked_small : (bool *) calloc (nr, sizeof (bool));
     if (!blocked) {
         return;
@@ -1365,7 +1366,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         nr = llmq_store_routes (self->store, &rs);
         uint64_t best_id = 0, best_vdl = UINT64_MAX;
         size_t best_route = 0, best_group = SIZE_MAX;
-        for (size_t i = 0; i < nr && i < 64; i++) {
+        for (size_t i = 0; i < nr && i < nblocked; i++) {
             uint64_t id, vdl;
             if (blocked[i] || llmq_store_peek (self->store, rs[i].number, &id, &vdl) != 0 || vdl >= best_vdl) {
                 continue;
@@ -1437,7 +1438,11 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         m.jobs = &job;
         m.njobs = 1;
         m.deployment = d->name;
-        m.timeout_ms = llmq_router_timeout_ms (self->router, pick.dep);
+        /*  The adaptive timeout is learnt from whole calls: a stream, or a
+            retry (whose first attempt may have been cut by it), gets the
+            configured one, so that a long answer is never cut for good. */
+        m.timeout_ms = job.attempts > 0 || job.stream ? d->timeout_ms
+                     : llmq_router_timeout_ms (self->router, pick.dep);
         s_send (self, self->backend, w->identity, &m);
         l->worker = w;
         l->lease = job.lease;

@@ -457,3 +457,180 @@ h_run_suite (Suite *suite)
     srunner_free (sr);
     return failed ? 1 : 0;
 }
+
+/* ------------------------------------------------------------------------
+   Additions for test_chaos.c: string stats, more than one mock provider.
+   ------------------------------------------------------------------------ */
+
+bool
+h_stat_str (llmq *client, const char *path, char *out, size_t len)
+{
+    char *text = NULL;
+    if (len == 0 || llmq_stats (client, &text, 5000) != LLMQ_OK) {
+        return false;
+    }
+    json_t *root = json_loads (text, 0, NULL);
+    llmq_free (text);
+    char buf[256];
+    snprintf (buf, sizeof buf, "%s", path);
+    json_t *node = root;
+    for (char *save = NULL, *part = strtok_r (buf, ".", &save); part && node;
+         part = strtok_r (NULL, ".", &save)) {
+        node = json_object_get (node, part);
+    }
+    bool ok = node && json_is_string (node);
+    if (ok) {
+        snprintf (out, len, "%s", json_string_value (node));
+    }
+    json_decref (root);
+    return ok;
+}
+
+bool
+h_wait_stat_str (llmq *client, const char *path, const char *value, int timeout_ms)
+{
+    uint64_t end = s_ms () + (uint64_t) timeout_ms;
+    do {
+        char got[256];
+        if (h_stat_str (client, path, got, sizeof got) && strcmp (got, value) == 0) {
+            return true;
+        }
+        h_backoff ();
+    } while (s_ms () < end);
+    return false;
+}
+
+int
+h_start_mock_extra (harness_t *self, h_mock_t *mock, const char *name, const char *const *args)
+{
+    memset (mock, 0, sizeof *mock);
+    mock->port = s_free_port ();
+    char port[16], portfile[320], log[320];
+    snprintf (port, sizeof port, "%d", mock->port);
+    snprintf (portfile, sizeof portfile, "%s/%s.port", self->dir, name);
+    snprintf (log, sizeof log, "%s/%s.log", self->dir, name);
+    unlink (portfile);
+    const char *argv[32] = { LLMQ_BIN_DIR "/tests/mock/llmq-mock-provider", "--port", port,
+                             "--port-file", portfile, "--quiet" };
+    int n = 6;
+    for (int i = 0; args && args[i] && n < 31; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    if (mock->port < 0 || s_spawn (&mock->proc, log, argv)) {
+        return -1;
+    }
+    return s_wait_file (self->dir, portfile, 10000) ? 0 : -1;
+}
+
+/*  One request to the mock on `port`; its JSON answer, or NULL. */
+static json_t *
+s_http_at (int port, const char *method, const char *path, const char *body)
+{
+    CURL *curl = curl_easy_init ();
+    if (!curl) {
+        return NULL;
+    }
+    char url[256];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    json_t *text = NULL;
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt (curl, CURLOPT_PROXY, "");         /* loopback: never a proxy */
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, 5000L);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_collect);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &text);
+    struct curl_slist *headers = NULL;
+    if (body) {
+        headers = curl_slist_append (headers, "Content-Type: application/json");
+        curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt (curl, CURLOPT_POSTFIELDS, body);
+    }
+    CURLcode rc = curl_easy_perform (curl);
+    long status = 0;
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    json_t *doc = NULL;
+    if (rc == CURLE_OK && status >= 200 && status < 300) {
+        doc = text ? json_loads (json_string_value (text), 0, NULL) : NULL;
+        if (!doc) {
+            doc = json_object ();
+        }
+    }
+    json_decref (text);
+    return doc;
+}
+
+long
+h_mock_stat_at (int port, const char *key)
+{
+    json_t *doc = s_http_at (port, "GET", "/mock/stats", NULL);
+    long v = doc ? s_json_path (doc, key) : -1;
+    json_decref (doc);
+    return v;
+}
+
+int
+h_mock_call_at (int port, const char *method, const char *path, const char *json)
+{
+    json_t *doc = s_http_at (port, method, path, json);
+    int rc = doc ? 0 : -1;
+    json_decref (doc);
+    return rc;
+}
+
+static int
+s_cmp_i64 (const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
+    return x < y ? -1 : x > y;
+}
+
+long
+h_mock_requests_at (int port, int64_t since_ms, int64_t **times, int64_t **tokens)
+{
+    char path[64];
+    snprintf (path, sizeof path, "/mock/requests?since=%lld", (long long) since_ms);
+    json_t *doc = s_http_at (port, "GET", path, NULL);
+    json_t *ts = doc ? json_object_get (doc, "timestamps_ms") : NULL;
+    json_t *tk = doc ? json_object_get (doc, "tokens") : NULL;
+    size_t n = json_array_size (ts);
+    if (!json_is_array (ts) || (tokens && json_array_size (tk) != n)) {
+        json_decref (doc);
+        return -1;
+    }
+    /*  Sorted by time, tokens kept with their request: the mock records
+        from many threads, so two arrivals in one ms may come in either
+        order. */
+    int64_t (*pairs)[2] = calloc (n ? n : 1, sizeof *pairs);
+    *times = (int64_t *) calloc (n ? n : 1, sizeof (int64_t));
+    if (tokens) {
+        *tokens = (int64_t *) calloc (n ? n : 1, sizeof (int64_t));
+    }
+    if (!pairs || !*times || (tokens && !*tokens)) {
+        free (pairs);
+        free (*times);
+        *times = NULL;
+        if (tokens) {
+            free (*tokens);
+            *tokens = NULL;
+        }
+        json_decref (doc);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        pairs[i][0] = (int64_t) json_integer_value (json_array_get (ts, i));
+        pairs[i][1] = tokens ? (int64_t) json_integer_value (json_array_get (tk, i)) : 0;
+    }
+    qsort (pairs, n, sizeof *pairs, s_cmp_i64);     /* by the first: the time */
+    for (size_t i = 0; i < n; i++) {
+        (*times)[i] = pairs[i][0];
+        if (tokens) {
+            (*tokens)[i] = pairs[i][1];
+        }
+    }
+    free (pairs);
+    json_decref (doc);
+    return (long) n;
+}

@@ -79,6 +79,38 @@ long h_mock_stat_tls (harness_t *self, const char *key, const char *ca_file);
 /*  POST a JSON body to a mock control path, e.g. "/mock/faults". */
 int  h_mock_post (harness_t *self, const char *path, const char *json);
 
+/*  Broker statistics, a string by a dotted path (e.g.
+    "deployments.flaky.breaker") copied into out (cut to len). False if
+    the broker does not answer or the value is not a string. */
+bool h_stat_str (llmq *client, const char *path, char *out, size_t len);
+/*  Wait until h_stat_str(path) equals value, up to timeout_ms. */
+bool h_wait_stat_str (llmq *client, const char *path, const char *value, int timeout_ms);
+
+/*  A mock provider besides the harness's own, for suites whose
+    deployments must behave differently (test_chaos.c: one failing, one
+    healthy): its own port, process, counters and fault queue. */
+typedef struct {
+    h_proc_t proc;
+    int port;
+} h_mock_t;
+
+/*  Start one in the scratch directory (log NAME.log) on a free port, with
+    extra arguments (NULL-terminated list, may be NULL); waits for its
+    port file. The caller stops it (h_stop (&mock->proc, SIGTERM)) before
+    h_destroy. Returns 0 or -1. */
+int  h_start_mock_extra (harness_t *self, h_mock_t *mock, const char *name,
+                         const char *const *args);
+/*  h_mock_stat for the mock listening on `port`. */
+long h_mock_stat_at (int port, const char *key);
+/*  A control request to the mock on `port`: method "POST" (with a JSON
+    body) or "DELETE" (json NULL), e.g. ("DELETE", "/mock/faults"). */
+int  h_mock_call_at (int port, const char *method, const char *path, const char *json);
+/*  GET /mock/requests of the mock on `port`: the arrival times (unix ms,
+    sorted) of its chat requests since `since_ms` and, in the same order,
+    the tokens of each reply (0: none made). Arrays allocated (free them);
+    `tokens` may be NULL. Returns the count, or -1. */
+long h_mock_requests_at (int port, int64_t since_ms, int64_t **times, int64_t **tokens);
+
 /*  Run a Check suite (SIGPIPE ignored); returns main's exit status. */
 struct Suite;
 int  h_run_suite (struct Suite *suite);

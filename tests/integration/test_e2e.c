@@ -617,6 +617,40 @@ START_TEST (test_sigterm_commits_and_exits_zero)
 END_TEST
 
 
+/*  More model groups than the dispatcher's small table: every group's
+    jobs still go out. */
+START_TEST (test_many_groups_all_served)
+{
+    harness_t *h = h_new (NULL);
+    FILE *f = fopen (h->conf, "a");
+    ck_assert_ptr_nonnull (f);
+    for (int g = 0; g < 70; g++) {
+        fprintf (f, "\n[group g%d]\ndeployments = echo\n", g);
+    }
+    ck_assert_int_eq (fclose (f), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 8, 1), 0);
+    llmq *c = h_client (h);
+    char *body = s_body ("hello");
+    uint64_t ids[70];
+    for (int g = 0; g < 70; g++) {
+        char name[16];
+        snprintf (name, sizeof name, "g%d", g);
+        llmq_job j = s_job (name, body);
+        ck_assert_int_eq (llmq_submit (c, &j, &ids[g], 5000), LLMQ_OK);
+    }
+    for (int g = 0; g < 70; g++) {
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, ids[g], T_WAIT, &r), LLMQ_OK);
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        llmq_result_free (&r);
+    }
+    free (body);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 /*  A broker at its store size limit refuses new submits with a clear error
     and keeps serving every job it holds. */
 START_TEST (test_full_store_refuses_submits_serves_the_rest)
@@ -709,6 +743,7 @@ s_suite (void)
     tcase_add_test (tc, test_max_attempts_then_dead_letter);
     tcase_add_test (tc, test_sigterm_commits_and_exits_zero);
     tcase_add_test (tc, test_full_store_refuses_submits_serves_the_rest);
+    tcase_add_test (tc, test_many_groups_all_served);
     tcase_add_test (tc, test_worker_kill9_mid_job_completes_elsewhere);
     tcase_add_test (tc, test_broker_kill9_mid_batch_loses_nothing);
     suite_add_tcase (s, tc);

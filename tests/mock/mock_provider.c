@@ -77,6 +77,7 @@ typedef struct {
     int status;                 //  status queued, for --verbose; 0 = none
     char *refused_key;          //  API key given to --reject-key, or NULL
     struct timespec start;      //  arrival, for openai-processing-ms
+    uint64_t stats_handle;      //  its place in the timestamp ring (chat only)
 } s_request_t;
 
 static long
@@ -307,6 +308,8 @@ s_chat (mock_server_t *server, struct MHD_Connection *conn,
     if (mock_chat_finish (chat, plan.chunks) != 0) {
         goto done;
     }
+    mock_stats_tokens (server->stats, request->stats_handle,
+                       (int64_t) (chat->prompt_words + chat->completion_words));
     if (chat->stream) {
         mock_stats_stream (server->stats);
         mock_stream_t *stream = mock_stream_new (server, request->dialect,
@@ -437,7 +440,8 @@ s_request_new (mock_server_t *server, struct MHD_Connection *conn,
         const char *auth = MHD_lookup_connection_value (conn, MHD_HEADER_KIND,
                                                         MHD_HTTP_HEADER_AUTHORIZATION);
         bool with_auth = auth && strncasecmp (auth, "Bearer ", 7) == 0;
-        mock_stats_request (server->stats, with_auth, mock_stats_now_ms ());
+        request->stats_handle = mock_stats_request (server->stats, with_auth,
+                                                    mock_stats_now_ms ());
         //  The key, in whichever header the dialect's provider reads it
         const char *key = with_auth ? auth + 7 : NULL;
         static const char *key_headers [] = { "x-api-key", "api-key", "x-goog-api-key" };

@@ -31,8 +31,11 @@ struct mock_stats_t {
     size_t nkeys;
     char *rejected [MOCK_STATS_KEYS];   //  whole keys refused with 401
     size_t nrejected;
-    pthread_mutex_t ring_mutex;     //  guards the three ring fields
+    pthread_mutex_t ring_mutex;     //  guards the ring fields
     int64_t *ring;                  //  MOCK_STATS_RING timestamps, circular
+    int64_t *ring_tokens;           //  tokens of each slot's reply (0: none)
+    uint64_t *ring_seq;             //  which request each slot holds
+    uint64_t next_seq;              //  requests ever recorded (never reset)
     size_t ring_next;               //  slot the next timestamp goes to
     size_t ring_count;              //  valid slots, up to MOCK_STATS_RING
 };
@@ -45,14 +48,21 @@ mock_stats_new (void)
         return NULL;
     }
     self->ring = calloc (MOCK_STATS_RING, sizeof (int64_t));
-    if (!self->ring || pthread_mutex_init (&self->ring_mutex, NULL) != 0) {
+    self->ring_tokens = calloc (MOCK_STATS_RING, sizeof (int64_t));
+    self->ring_seq = calloc (MOCK_STATS_RING, sizeof (uint64_t));
+    if (!self->ring || !self->ring_tokens || !self->ring_seq
+    ||  pthread_mutex_init (&self->ring_mutex, NULL) != 0) {
         free (self->ring);
+        free (self->ring_tokens);
+        free (self->ring_seq);
         free (self);
         return NULL;
     }
     if (pthread_mutex_init (&self->keys_mutex, NULL) != 0) {
         pthread_mutex_destroy (&self->ring_mutex);
         free (self->ring);
+        free (self->ring_tokens);
+        free (self->ring_seq);
         free (self);
         return NULL;
     }
@@ -85,6 +95,8 @@ mock_stats_destroy (mock_stats_t **self_p)
         free (self->rejected [i]);
     }
     free (self->ring);
+    free (self->ring_tokens);
+    free (self->ring_seq);
     free (self);
     *self_p = NULL;
 }
@@ -109,7 +121,7 @@ s_raise_max (atomic_llong *max, long long value)
     }
 }
 
-void
+uint64_t
 mock_stats_request (mock_stats_t *self, bool with_auth, int64_t now_ms)
 {
     atomic_fetch_add (&self->requests, 1);
@@ -120,10 +132,29 @@ mock_stats_request (mock_stats_t *self, bool with_auth, int64_t now_ms)
     s_raise_max (&self->max_in_flight, in_flight);
 
     pthread_mutex_lock (&self->ring_mutex);
-    self->ring [self->ring_next] = now_ms;
+    size_t slot = self->ring_next;
+    uint64_t seq = ++self->next_seq;
+    self->ring [slot] = now_ms;
+    self->ring_tokens [slot] = 0;
+    self->ring_seq [slot] = seq;
     self->ring_next = (self->ring_next + 1) % MOCK_STATS_RING;
     if (self->ring_count < MOCK_STATS_RING) {
         self->ring_count++;
+    }
+    pthread_mutex_unlock (&self->ring_mutex);
+    //  The handle names the slot and the request in it, so that a late
+    //  mock_stats_tokens never lands on a newer request
+    return seq * MOCK_STATS_RING + slot;
+}
+
+void
+mock_stats_tokens (mock_stats_t *self, uint64_t handle, int64_t tokens)
+{
+    size_t slot = (size_t) (handle % MOCK_STATS_RING);
+    uint64_t seq = handle / MOCK_STATS_RING;
+    pthread_mutex_lock (&self->ring_mutex);
+    if (seq && self->ring_seq [slot] == seq) {
+        self->ring_tokens [slot] = tokens;
     }
     pthread_mutex_unlock (&self->ring_mutex);
 }
@@ -224,6 +255,7 @@ mock_stats_reset (mock_stats_t *self)
     pthread_mutex_lock (&self->ring_mutex);
     self->ring_next = 0;
     self->ring_count = 0;
+    memset (self->ring_seq, 0, MOCK_STATS_RING * sizeof (uint64_t));
     pthread_mutex_unlock (&self->ring_mutex);
     pthread_mutex_lock (&self->keys_mutex);
     self->nkeys = 0;
@@ -268,7 +300,10 @@ mock_stats_timestamps_json (mock_stats_t *self, int64_t since_ms)
     //  Copy out under the lock, build JSON outside it: building 100,000
     //  JSON integers must not stall the request threads
     int64_t *copy = malloc (MOCK_STATS_RING * sizeof (int64_t));
-    if (!copy) {
+    int64_t *tokens = malloc (MOCK_STATS_RING * sizeof (int64_t));
+    if (!copy || !tokens) {
+        free (copy);
+        free (tokens);
         return NULL;
     }
     pthread_mutex_lock (&self->ring_mutex);
@@ -276,15 +311,19 @@ mock_stats_timestamps_json (mock_stats_t *self, int64_t since_ms)
     size_t first = (self->ring_next + MOCK_STATS_RING - count) % MOCK_STATS_RING;
     for (size_t i = 0; i < count; i++) {
         copy [i] = self->ring [(first + i) % MOCK_STATS_RING];
+        tokens [i] = self->ring_tokens [(first + i) % MOCK_STATS_RING];
     }
     pthread_mutex_unlock (&self->ring_mutex);
 
     json_t *array = json_array ();
+    json_t *tarray = json_array ();
     for (size_t i = 0; i < count; i++) {
         if (copy [i] >= since_ms) {
             json_array_append_new (array, json_integer (copy [i]));
+            json_array_append_new (tarray, json_integer (tokens [i]));
         }
     }
     free (copy);
-    return json_pack ("{s:o}", "timestamps_ms", array);
+    free (tokens);
+    return json_pack ("{s:o, s:o}", "timestamps_ms", array, "tokens", tarray);
 }

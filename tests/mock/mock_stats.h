@@ -28,8 +28,15 @@ void mock_stats_destroy (mock_stats_t **self_p);
 
 /*  A chat request arrived (headers read): count it, count it in flight,
     note whether it carried "Authorization: Bearer", and record now_ms
-    (CLOCK_REALTIME milliseconds) in the ring. Pair with mock_stats_done. */
-void mock_stats_request (mock_stats_t *self, bool with_auth, int64_t now_ms);
+    (CLOCK_REALTIME milliseconds) in the ring. Pair with mock_stats_done.
+    Returns the request's handle in the ring, for mock_stats_tokens. */
+uint64_t mock_stats_request (mock_stats_t *self, bool with_auth, int64_t now_ms);
+
+/*  The reply made for request `handle` (from mock_stats_request) uses
+    `tokens` (prompt + completion): kept next to its timestamp, so that
+    tests can check a token rate limit. Nothing if the ring moved on (or
+    was reset) since. Requests never given a reply keep 0. */
+void mock_stats_tokens (mock_stats_t *self, uint64_t handle, int64_t tokens);
 
 /*  A chat request left: no longer in flight; `completed` is true when its
     response was delivered in full (any status). */
@@ -72,8 +79,9 @@ void mock_stats_reset (mock_stats_t *self);
      "by_key":{"LAST4":N,...},"connections"}. */
 json_t *mock_stats_json (mock_stats_t *self);
 
-/*  The ring, oldest first, as {"timestamps_ms":[...]}, keeping only the
-    timestamps >= since_ms (pass 0 for all). Caller owns the reference. */
+/*  The ring, oldest first, as {"timestamps_ms":[...],"tokens":[...]}
+    (tokens[i] belongs to timestamps_ms[i]), keeping only the timestamps
+    >= since_ms (pass 0 for all). Caller owns the reference. */
 json_t *mock_stats_timestamps_json (mock_stats_t *self, int64_t since_ms);
 
 /*  CLOCK_REALTIME now, in milliseconds. */
