@@ -39,6 +39,8 @@ typedef struct {
     unsigned handles;               //  threads, each with its own handle / curl multi
     bool json;                      //  report as one JSON line
     unsigned stream_chunks;         //  llmq: stream each job in this many chunks (0: no)
+    uint64_t cache_ttl_ms;          //  llmq: jobs ask the response cache for this TTL
+                                    //  (0: no), after one untimed warm-up job per thread
     int timeout_ms;                 //  connect (llmq) / whole transfer (direct)
 } bench_options_t;
 
@@ -54,6 +56,7 @@ typedef struct {
     int64_t *latency_ns;            //  submit -> result of each ok job; `jobs` slots
     uint64_t ok;                    //  jobs that ended done (entries in latency_ns)
     uint64_t errors;                //  jobs refused, failed, or answered non-2xx
+    uint64_t cached;                //  llmq: ok jobs answered from the response cache
     uint64_t sent;                  //  jobs handed to the socket / curl
     uint64_t messages;              //  llmq_send() calls (llmq mode)
     uint64_t stalls;                //  sends refused because the socket queue was full

@@ -77,7 +77,10 @@ s_usage (FILE *out, const char *mode)
         fprintf (out,
             "  --stream N           stream every job, asking the mock for N chunks\n"
             "  --per-message K      most jobs per llmq_send() (default 64; 1 = one job\n"
-            "                       per message)\n");
+            "                       per message)\n"
+            "  --cache-ttl MS       jobs ask for the broker's response cache (cache_ttl_ms);\n"
+            "                       each thread first runs one job, untimed, so that the\n"
+            "                       timed jobs are all cache hits\n");
     }
     fprintf (out,
         "  --handles H          threads, each with its own %s, sharing -n, -c\n"
@@ -148,7 +151,7 @@ s_parse (bench_options_t *o, int argc, char *argv [])
     const char *mode = argv [1];
     bool is_llmq = strcmp (mode, "llmq") == 0;
     enum { O_BROKER = 256, O_MODEL, O_URL, O_SIZE, O_RATE, O_DURATION,
-           O_PER_MESSAGE, O_HANDLES, O_TIMEOUT, O_JSON, O_STREAM };
+           O_PER_MESSAGE, O_HANDLES, O_TIMEOUT, O_JSON, O_STREAM, O_CACHE_TTL };
     static const struct option longs [] = {
         { "broker",       required_argument, NULL, O_BROKER },
         { "model",        required_argument, NULL, O_MODEL },
@@ -163,6 +166,7 @@ s_parse (bench_options_t *o, int argc, char *argv [])
         { "timeout",      required_argument, NULL, O_TIMEOUT },
         { "json",         no_argument,       NULL, O_JSON },
         { "stream",       required_argument, NULL, O_STREAM },
+        { "cache-ttl",    required_argument, NULL, O_CACHE_TTL },
         { "help",         no_argument,       NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
@@ -217,6 +221,16 @@ s_parse (bench_options_t *o, int argc, char *argv [])
                     break;
                 }
                 o->stream_chunks = (unsigned) value;
+                break;
+            case O_CACHE_TTL:
+                if (!is_llmq || s_parse_u64 ("--cache-ttl", optarg, 1, UINT64_C (365) * 86400000, &value) != 0) {
+                    if (!is_llmq) {
+                        fprintf (stderr, "llmq-bench: --cache-ttl is for llmq mode only\n");
+                    }
+                    rc = -1;
+                    break;
+                }
+                o->cache_ttl_ms = value;
                 break;
             case O_URL:
                 if (is_llmq) {
@@ -314,7 +328,7 @@ s_percentile_ms (const int64_t *sorted, uint64_t n, double p)
 
 //  The summary of all threads
 typedef struct {
-    uint64_t ok, errors, sent, messages, stalls, unfinished, late;
+    uint64_t ok, errors, sent, messages, stalls, unfinished, late, cached;
     double wall_s, jobs_per_s, p50, p90, p99, max;
     double lag_max_ms;
     bool kept_up;               //  --rate: sends stayed on schedule
@@ -331,6 +345,7 @@ s_summarise (const bench_options_t *o, bench_run_t *runs, int64_t end_ns, s_summ
         bench_run_t *r = &runs [i];
         s->ok += r->ok;
         s->errors += r->errors;
+        s->cached += r->cached;
         s->sent += r->sent;
         s->messages += r->messages;
         s->stalls += r->stalls;
@@ -413,12 +428,13 @@ s_report (const bench_options_t *o, const s_summary_t *s)
                 ",\"unfinished\":%" PRIu64 ",\"sent\":%" PRIu64 ",\"messages\":%" PRIu64
                 ",\"stalls\":%" PRIu64 ",\"wall_s\":%.3f,\"jobs_per_s\":%.1f,"
                 "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f,"
-                "\"send_lag_max_ms\":%.3f,\"late\":%" PRIu64 ",\"kept_up\":%s,\"error\":",
+                "\"send_lag_max_ms\":%.3f,\"late\":%" PRIu64 ",\"kept_up\":%s,\"cached\":%" PRIu64
+                ",\"error\":",
                 o->size, o->concurrency, is_llmq ? o->per_message : 1, o->handles, o->rate,
                 o->jobs, s->ok, s->errors, s->unfinished, s->sent,
                 is_llmq ? s->messages : s->sent, s->stalls, s->wall_s, s->jobs_per_s,
                 s->p50, s->p90, s->p99, s->max, s->lag_max_ms, s->late,
-                s->kept_up ? "true" : "false");
+                s->kept_up ? "true" : "false", s->cached);
         if (s->fatal || s->note) {
             s_json_string (stdout, s->fatal ? s->fatal : s->note);
         }
@@ -444,8 +460,8 @@ s_report (const bench_options_t *o, const s_summary_t *s)
     printf ("  jobs        %" PRIu64 " ok, %" PRIu64 " errors, %" PRIu64 " unfinished",
             s->ok, s->errors, s->unfinished);
     if (is_llmq) {
-        printf (" (%" PRIu64 " sent in %" PRIu64 " messages, %" PRIu64 " stalls)",
-                s->sent, s->messages, s->stalls);
+        printf (" (%" PRIu64 " sent in %" PRIu64 " messages, %" PRIu64 " stalls, %" PRIu64 " cache hits)",
+                s->sent, s->messages, s->stalls, s->cached);
     }
     printf ("\n  wall        %.3f s\n", s->wall_s);
     printf ("  throughput  %.0f jobs/s\n", s->jobs_per_s);

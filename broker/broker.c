@@ -9,12 +9,16 @@
 */
 #include "broker.h"
 #include "admin.h"
+#include "cache.h"
 #include "clock.h"
 #include "codec.h"
 #include "log.h"
 #include "router.h"
 #include "store.h"
 #include "tenants.h"
+#include "webhook.h"
+
+#include <curl/curl.h>
 
 #include <jansson.h>
 #include <stdio.h>
@@ -52,6 +56,9 @@ typedef struct {
     bool probe;                     /* a health probe: no job in the store */
     char *user, *org;               /* tenant, to book the job's cost to */
     uint64_t est_tokens;            /* what its quota admission counted */
+    uint8_t cache_key[LLMQ_CACHE_KEY_LEN];  /* response cache: the request's key, */
+    uint64_t cache_ttl_ms;          /* and how long to keep its answer, */
+    bool cacheable;                 /* if its answer is to be cached */
 } s_lease_t;
 
 typedef struct {
@@ -84,6 +91,7 @@ struct llmq_broker {
     bool full;                      /* store refuses submits */
     llmq_router_t *router;          /* breakers, limits, balancing */
     llmq_tenants_t *tenants;        /* tier quotas, budgets */
+    llmq_webhook_t *webhook;        /* [tenants] budget_webhook, or NULL */
     zhashx_t *avoid;                /* job id -> deployment index + 1 its last attempt failed on */
     json_t *history;                /* breaker state changes, oldest first */
     bool history_dirty;
@@ -92,6 +100,7 @@ struct llmq_broker {
     uint64_t n_submitted, n_dispatched, n_done, n_failed, n_retried, n_cancelled, n_expired,
              n_dead, n_lost_workers, n_commits, n_bad_messages, n_restarted, n_degraded,
              n_retry_budget, n_probes, n_probe_failures, n_budget_alerts;
+    uint64_t n_cache_hits, n_cache_misses, n_cache_stale;   /* response cache, since start */
     uint64_t next_probe_id;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
@@ -353,6 +362,194 @@ s_is_final (int state)
 }
 
 /* ------------------------------------------------------------------------
+   Response cache (cache.h has the key; the store holds the entries)
+   ------------------------------------------------------------------------ */
+
+#define S_REPLAY_PIECE 64           /* bytes of a replayed chunk, about */
+
+static uint64_t s_job_estimate (llmq_broker_t *self, const llmq_job_t *job, uint64_t *cost);
+
+/*  What a SUBMIT's job met in the cache. */
+enum { S_CACHE_NONE = 0, S_CACHE_MISS, S_CACHE_HIT, S_CACHE_STALE };
+
+static llmq_cache_policy_t
+s_cache_policy (const llmq_broker_t *self)
+{
+    const llmq_config_t *c = self->config;
+    llmq_cache_policy_t p = { c->cache_enabled, c->cache_auto_temperature_zero, c->cache_default_ttl_ms };
+    return p;
+}
+
+/*  With serve_stale, an expired entry is kept as long again as it lived. */
+static uint64_t
+s_cache_stale_us (const llmq_broker_t *self, uint64_t ttl_ms)
+{
+    return self->config->cache_serve_stale ? ttl_ms * 1000 : 0;
+}
+
+/*  Is the group down: no deployment can take a call (its fallback groups
+    neither), and every one of its own has its breaker open? A group held
+    back by rate limits or busy deployments is not down: its jobs wait. */
+static bool
+s_group_down (llmq_broker_t *self, const char *model, uint64_t now_ms)
+{
+    const llmq_group_t *g = llmq_config_group (self->config, model);
+    size_t gi = s_group_index (self, model);
+    llmq_pick_t pick;
+    uint64_t until;
+    if (!g || gi == SIZE_MAX || g->ndeployments == 0
+    ||  llmq_router_pick (self->router, gi, 1, SIZE_MAX, now_ms, &pick, &until, NULL, 0) == 0) {
+        return false;
+    }
+    for (size_t k = 0; k < g->ndeployments; k++) {
+        const llmq_deployment_t *d = llmq_config_deployment (self->config, g->deployments[k]);
+        llmq_dep_view_t v;
+        if (!d) {
+            return false;
+        }
+        llmq_router_view (self->router, (size_t) (d - self->config->deployments), now_ms, &v);
+        if (v.breaker != LLMQ_BREAKER_OPEN) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*  The cache's answers to a SUBMIT's jobs: answers[i] for a hit (a live
+    entry, or with serve_stale an expired one when the group is down, then
+    marked degraded), kind[i] what the job met. Returns the hits. */
+static size_t
+s_cache_lookup (llmq_broker_t *self, const llmq_msg_t *m, uint64_t now, const llmq_result_t **answers,
+                uint8_t *kind)
+{
+    llmq_cache_policy_t policy = s_cache_policy (self);
+    size_t hits = 0;
+    for (size_t i = 0; i < m->njobs; i++) {
+        answers[i] = NULL;
+        kind[i] = S_CACHE_NONE;
+        uint8_t key[LLMQ_CACHE_KEY_LEN];
+        uint64_t ttl_ms;
+        if (!llmq_cache_candidate (&policy, &m->jobs[i], key, &ttl_ms)) {
+            continue;
+        }
+        kind[i] = S_CACHE_MISS;
+        llmq_result_t *r = (llmq_result_t *) llmq_arena_alloc (self->arena, sizeof *r);
+        if (!r) {
+            continue;
+        }
+        int rc = llmq_store_cache_get (self->store, key, now, r, NULL, self->arena);
+        if (rc == 0) {
+            kind[i] = S_CACHE_HIT;
+        }
+        else
+        if (rc == LLMQ_ERR_EXPIRED && self->config->cache_serve_stale
+        &&  s_group_down (self, m->jobs[i].model, now / 1000)) {
+            r->degraded = true;         /* an old answer, for want of a live one */
+            kind[i] = S_CACHE_STALE;
+        }
+        if (kind[i] != S_CACHE_MISS) {
+            answers[i] = r;
+            hits++;
+        }
+    }
+    return hits;
+}
+
+typedef struct {
+    llmq_broker_t *self;
+    zframe_t *client;
+    uint64_t id;
+} s_replay_t;
+
+/*  One piece of a cached answer as a CHUNK. Unlike a worker's chunks it
+    waits for the commit, with the job's ACCEPTED and RESULT: the client
+    learns the job's id first. */
+static void
+s_replay_piece (void *arg, uint32_t seq, const char *piece, size_t len)
+{
+    s_replay_t *r = (s_replay_t *) arg;
+    char *text = (char *) llmq_arena_alloc (r->self->arena, len + 1);
+    if (!text) {
+        return;
+    }
+    memcpy (text, piece, len);
+    text[len] = 0;
+    llmq_msg_t c = { 0 };
+    c.cmd = LLMQ_CMD_CHUNK;
+    c.id = r->id;
+    c.seq = seq;
+    c.text = text;
+    size_t before = r->self->nout;
+    s_send (r->self, r->self->frontend, r->client, &c);
+    if (r->self->nout > before) {
+        r->self->out[r->self->nout - 1].early = false;
+    }
+}
+
+/*  After the ACCEPTED of a SUBMIT with hits: each hit's tenant books
+    nothing, and with notify its subscriber gets the answer replayed as
+    chunks (streamed jobs) and its RESULT, all after the commit. */
+static void
+s_cache_answer (llmq_broker_t *self, zframe_t *from, const llmq_msg_t *m, const llmq_result_t *const *answers,
+                const uint8_t *dups, const uint8_t *kind, llmq_result_t *finals, uint64_t now)
+{
+    for (size_t i = 0; i < m->njobs; i++) {
+        if (kind[i] == S_CACHE_NONE || dups[i]) {
+            continue;
+        }
+        if (!answers[i]) {
+            self->n_cache_misses++;
+            continue;
+        }
+        self->n_cache_hits++;
+        self->n_cache_stale += kind[i] == S_CACHE_STALE;
+        const llmq_job_t *job = &m->jobs[i];
+        const char *user = job->user && *job->user ? job->user : NULL;
+        const char *org = job->org && *job->org ? job->org : NULL;
+        if (user || org) {
+            uint64_t cost;
+            llmq_tenants_settle (self->tenants, user, org, s_job_estimate (self, job, &cost), 0, 0, now / 1000);
+        }
+        /*  In the usage report: a request, no tokens, no cost. */
+        if (llmq_store_usage_add (self->store, (uint32_t) (now / 86400000000ull), org, user, job->model, true,
+                                  0, 0, 0) != 0) {
+            llmq_warn ("job %llu: usage not recorded", (unsigned long long) job->id);
+        }
+        if (m->notify) {
+            s_subscribe (self, job->id, from, job->stream);
+            if (job->stream) {
+                s_replay_t r = { self, from, job->id };
+                llmq_cache_split (finals[i].content, S_REPLAY_PIECE, s_replay_piece, &r);
+            }
+        }
+        s_push_result (self, &finals[i]);
+    }
+}
+
+/*  At dispatch: is the job's answer to be cached when it comes? Its key
+    and TTL go in the lease (the DONE does not carry the body). Answers of
+    a fallback group are not cached under the group's key. */
+static void
+s_cache_lease (llmq_broker_t *self, const llmq_job_t *job, s_lease_t *l)
+{
+    llmq_cache_policy_t policy = s_cache_policy (self);
+    l->cacheable = !l->degraded && llmq_cache_candidate (&policy, job, l->cache_key, &l->cache_ttl_ms);
+}
+
+/*  A cacheable job ended done: its answer goes in the cache. Not caching
+    (no room this turn, an answer over the whole bound) only costs a hit. */
+static void
+s_cache_fill (llmq_broker_t *self, const s_lease_t *l, const llmq_result_t *final, uint64_t now)
+{
+    size_t evicted = 0;
+    int rc = llmq_store_cache_put (self->store, l->cache_key, l->cache_ttl_ms * 1000,
+                                   s_cache_stale_us (self, l->cache_ttl_ms), final, now, &evicted);
+    if (rc) {
+        llmq_debug ("job %llu: answer not cached: %s", (unsigned long long) final->id, llmq_strerror (rc));
+    }
+}
+
+/* ------------------------------------------------------------------------
    Clients
    ------------------------------------------------------------------------ */
 
@@ -482,7 +679,21 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
     }
     uint64_t *ids = (uint64_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *ids);
     uint8_t *dups = (uint8_t *) llmq_arena_alloc (self->arena, m->njobs);
-    int rc = llmq_store_submit_all (self->store, m->jobs, m->njobs, now, dups);
+    /*  Response cache: a hit is stored finished at once, never queued. */
+    const llmq_result_t **answers = (const llmq_result_t **) llmq_arena_alloc (self->arena,
+                                                                               m->njobs * sizeof *answers);
+    uint8_t *kind = (uint8_t *) llmq_arena_alloc (self->arena, m->njobs);
+    llmq_result_t *finals = NULL;
+    size_t nhits = answers && kind ? s_cache_lookup (self, m, now, answers, kind) : 0;
+    if (nhits) {
+        finals = (llmq_result_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *finals);
+        if (!finals) {
+            memset (answers, 0, m->njobs * sizeof *answers);    /* out of memory: all run */
+            nhits = 0;
+        }
+    }
+    int rc = nhits ? llmq_store_submit_cached (self->store, m->jobs, m->njobs, now, dups, answers, finals)
+                   : llmq_store_submit_all (self->store, m->jobs, m->njobs, now, dups);
     if (rc) {
         s_unadmit (self, m, m->njobs, NULL, now);
     }
@@ -507,7 +718,7 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
         if (!dups[i]) {
             self->n_submitted++;
         }
-        if (m->notify) {
+        if (m->notify && !(nhits && answers[i] && !dups[i])) {     /* hits: s_cache_answer */
             if (dups[i]) {
                 llmq_result_t res;
                 if (llmq_store_status (self->store, job->id, &res, self->arena) == 0 && s_is_final (res.state)) {
@@ -529,6 +740,9 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
     r.nids = m->njobs;
     r.dups = any_dup ? dups : NULL;
     s_send (self, self->frontend, from, &r);
+    if (answers && kind) {
+        s_cache_answer (self, from, m, answers, dups, kind, finals, now);   /* hits, misses counted */
+    }
     return false;
 }
 
@@ -767,6 +981,14 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (t, "quota_refused", json_integer ((json_int_t) quota_refused));
     json_object_set_new (t, "budget_refused", json_integer ((json_int_t) budget_refused));
     json_object_set_new (t, "budget_alerts", json_integer ((json_int_t) alerts));
+    if (self->webhook) {
+        uint64_t sent, failed, dropped, retried;
+        llmq_webhook_stats (self->webhook, &sent, &failed, &dropped, &retried);
+        json_object_set_new (root, "webhook", json_pack ("{s:I, s:I, s:I, s:I}", "sent", (json_int_t) sent,
+                                                         "failed", (json_int_t) failed,
+                                                         "dropped", (json_int_t) dropped,
+                                                         "retried", (json_int_t) retried));
+    }
     json_object_set_new (t, "probe_failures", json_integer ((json_int_t) self->n_probe_failures));
     json_object_set_new (t, "retry_budget_refused", json_integer ((json_int_t) self->n_retry_budget));
     json_object_set_new (t, "cancelled", json_integer ((json_int_t) self->n_cancelled));
@@ -812,6 +1034,14 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     json_object_set_new (st, "max_bytes", json_integer ((json_int_t) max));
     json_object_set_new (st, "full", json_boolean (self->full));
     json_object_set_new (root, "store", st);
+    llmq_store_cache_stats_t cs;
+    llmq_store_cache_stats (self->store, &cs);
+    uint64_t lookups = self->n_cache_hits + self->n_cache_misses;
+    json_object_set_new (root, "cache", json_pack ("{s:I, s:I, s:f, s:I, s:I, s:I, s:I}",
+        "hits", (json_int_t) self->n_cache_hits, "misses", (json_int_t) self->n_cache_misses,
+        "hit_rate", lookups ? (double) self->n_cache_hits / (double) lookups : 0.0,
+        "entries", (json_int_t) cs.entries, "bytes", (json_int_t) cs.bytes,
+        "evictions", (json_int_t) cs.evictions, "stale_served", (json_int_t) self->n_cache_stale));
     char *text = json_dumps (root, JSON_COMPACT);
     json_decref (root);
     llmq_msg_t r = { 0 };
@@ -1068,6 +1298,9 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         res->state = LLMQ_STATE_DONE;
         rc = llmq_store_complete (self->store, m->id, m->lease, res, now, &final, self->arena);
         ended = rc == 0;
+        if (ended && l->cacheable) {
+            s_cache_fill (self, l, &final, now);
+        }
     }
     else if (res->error_class == LLMQ_EC_CANCELLED && (l->chunks == 0 || l->restart)) {
         /* The worker aborted on its own (shutting down): run it elsewhere. */
@@ -1302,7 +1535,7 @@ s_next_worker (llmq_broker_t *self)
 
 /*  The answer's limit: max_tokens or max_completion_tokens in the body,
     else the deployment's default, else 256. A scan, not a parse: the
-    broker never parses bodies. */
+    broker parses only the bodies of response cache candidates. */
 static uint64_t
 s_scan_max_tokens (const char *body, uint32_t default_max)
 {
@@ -1454,6 +1687,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         l->granted = true;
         l->dep = pick.dep;
         l->degraded = pick.degraded;
+        s_cache_lease (self, &job, l);
         if ((job.user && *job.user) || (job.org && *job.org)) {
             uint64_t cost;
             l->user = job.user && *job.user ? strdup (job.user) : NULL;
@@ -1705,6 +1939,18 @@ s_on_budget_alert (void *arg, const char *kind, const char *name, const char *pe
     llmq_broker_t *self = (llmq_broker_t *) arg;
     (void) now_ms;
     self->n_budget_alerts++;
+    if (self->webhook) {
+        json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I}", "type", "budget_alert",
+                               "kind", kind, "name", name, "period", period, "pct", pct,
+                               "spent_micro", (json_int_t) spent, "budget_micro", (json_int_t) budget,
+                               "at_ms", (json_int_t) now_ms);
+        char *text = j ? json_dumps (j, JSON_COMPACT) : NULL;
+        if (text) {
+            llmq_webhook_post (self->webhook, text, llmq_mono_ms ());
+        }
+        free (text);
+        json_decref (j);
+    }
     llmq_warn ("budget alert: %s %s has spent %d %% of its %s budget ($%.6f of $%.6f)%s", kind, name, pct,
                period[0] == 'd' ? "daily" : "monthly", (double) spent / 1e6, (double) budget / 1e6,
                pct >= 100 ? "; its new jobs are refused" : "");
@@ -1865,6 +2111,7 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     o.max_attempts = config->max_attempts;
     o.backoff_us = config->retry_backoff_ms * 1000;
     o.backoff_max_us = config->retry_backoff_max_ms * 1000;
+    o.cache_max_bytes = config->cache_max_size;
     self->store = llmq_store_open (config->data_dir, &o, llmq_now_us (), err, errlen);
     if (!self->store) {
         free (self);
@@ -1895,6 +2142,15 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     }
     llmq_router_on_event (self->router, s_on_router_event, self);
     llmq_tenants_on_alert (self->tenants, s_on_budget_alert, self);
+    if (config->budget_webhook) {
+        curl_global_init (CURL_GLOBAL_DEFAULT);
+        self->webhook = llmq_webhook_new (config->budget_webhook);
+        if (!self->webhook) {
+            snprintf (err, errlen, "out of memory");
+            llmq_broker_destroy (&self);
+            return NULL;
+        }
+    }
     s_router_load (self);
     self->arena = llmq_arena_new ();
     self->deferred = zlistx_new ();
@@ -1924,6 +2180,10 @@ llmq_broker_destroy (llmq_broker_t **self_p)
         zhashx_destroy (&self->avoid);
         llmq_router_destroy (&self->router);
         llmq_tenants_destroy (&self->tenants);
+        if (self->webhook) {
+            llmq_webhook_destroy (&self->webhook);
+            curl_global_cleanup ();
+        }
         json_decref (self->history);
         zsock_destroy (&self->frontend);
         zsock_destroy (&self->backend);
@@ -2027,6 +2287,9 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         self->turn_us += t_end - t_turn;
         self->n_commits++;
         s_flush (self);
+        if (self->webhook) {
+            llmq_webhook_poll (self->webhook, llmq_mono_ms ());
+        }
         llmq_arena_reset (self->arena);
         /* Between turns, no transaction open: the map may be resized. */
         self->full = llmq_store_check_space (self->store);

@@ -54,6 +54,9 @@ struct llmq_store {
     MDB_dbi meta, routes, jobs, ready, delayed, deadlines, leases, results, expiry, idem,
             batches, batchjobs;
     MDB_dbi dead;                   /* id -> expire_at|route|job record: dead letters */
+    MDB_dbi cache;                  /* sha256 -> expires|drop|last_used|result: response cache */
+    MDB_dbi cachelru;               /* last_used|sha256 -> "": its LRU order */
+    MDB_dbi cacheexp;               /* drop_at|sha256 -> "": when the timer drops an entry */
     llmq_store_opts_t opts;
     uint64_t next_id;               /* next job id */
     uint64_t next_lease;            /* next lease token */
@@ -442,7 +445,8 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
             { "ready", &self->ready }, { "delayed", &self->delayed }, { "deadlines", &self->deadlines },
             { "leases", &self->leases }, { "results", &self->results }, { "expiry", &self->expiry },
             { "idem", &self->idem }, { "batches", &self->batches }, { "batchjobs", &self->batchjobs },
-            { "state", &self->state }, { "usage", &self->usage }, { "dead", &self->dead }
+            { "state", &self->state }, { "usage", &self->usage }, { "dead", &self->dead },
+            { "cache", &self->cache }, { "cachelru", &self->cachelru }, { "cacheexp", &self->cacheexp }
         };
         for (size_t i = 0; rc == 0 && i < sizeof dbs / sizeof dbs[0]; i++) {
             rc = mdb_dbi_open (self->txn, dbs[i].name, MDB_CREATE, dbs[i].dbi);
@@ -1489,6 +1493,8 @@ s_due (MDB_cursor *c, uint64_t now, uint64_t *id, MDB_val *val)
     return true;
 }
 
+static size_t s_cache_tick (llmq_store_t *self, uint64_t now, size_t budget);
+
 size_t
 llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget, llmq_store_final_fn *fn, void *arg,
                  llmq_arena_t *arena)
@@ -1566,6 +1572,10 @@ llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget, llmq_store_fin
         }
         mdb_cursor_close (c);
     }
+    /* Response cache entries past their time, and over the size bound. */
+    if (done < budget) {
+        done += s_cache_tick (self, now, budget - done);
+    }
     return done;
 }
 
@@ -1582,6 +1592,425 @@ llmq_store_next_delayed (llmq_store_t *self)
         mdb_cursor_close (c);
     }
     return t;
+}
+
+/* ------------------------------------------------------------------------
+   Response cache
+
+   An entry is three records under the request's SHA-256 (broker/cache.c
+   computes it): its value in `cache` (expires_at, drop_at, last_used, then
+   the answer as a result record), its place in the LRU order in
+   `cachelru` (last_used · sha) and in the timer's order in `cacheexp`
+   (drop_at · sha). They are written and deleted together. `meta` keeps
+   the bytes the entries hold ("cache_bytes": keys and values of the three
+   databases, not LMDB's page overhead) and the evictions so far
+   ("cache_evictions"), so the size bound holds across restarts without a
+   scan.
+
+   drop_at is expires_at, or later when the broker serves stale entries
+   (an expired entry then stays until drop_at, for when every deployment
+   of its group is down). A hit moves the entry to the back of the LRU
+   order; a put that would take the bytes past the bound evicts from the
+   front first.
+   ------------------------------------------------------------------------ */
+
+#define S_CACHE_HEAD 24             /* expires_at, drop_at, last_used */
+#define S_CACHE_IDX  (8 + LLMQ_STORE_CACHE_KEY)
+
+/*  Bytes one entry counts against the bound: its key and value, and its
+    two index keys. */
+static uint64_t
+s_cache_entry_bytes (size_t value_size)
+{
+    return LLMQ_STORE_CACHE_KEY + value_size + 2 * S_CACHE_IDX;
+}
+
+static MDB_val
+s_cache_idx (unsigned char *buf, uint64_t t, const uint8_t *sha)
+{
+    s_put64 (buf, t);
+    memcpy (buf + 8, sha, LLMQ_STORE_CACHE_KEY);
+    return (MDB_val) { S_CACHE_IDX, buf };
+}
+
+static uint64_t
+s_cache_meta (llmq_store_t *self, MDB_txn *txn, const char *name)
+{
+    uint64_t v = 0;
+    s_meta_get64 (self, txn, name, &v);
+    return v;
+}
+
+/*  Delete the entry `sha` whose value is `v` (its header read from it),
+    with its index records, and take its bytes off the count. `v` must be
+    copied or done with before: it points into the database. */
+static int
+s_cache_del (llmq_store_t *self, const uint8_t *sha, MDB_val v)
+{
+    if (v.mv_size < S_CACHE_HEAD) {
+        return LLMQ_ERR_STORE;
+    }
+    const unsigned char *p = (const unsigned char *) v.mv_data;
+    uint64_t drop_at = s_get64 (p + 8), last_used = s_get64 (p + 16);
+    uint64_t bytes = s_cache_meta (self, self->txn, "cache_bytes");
+    uint64_t size = s_cache_entry_bytes (v.mv_size);
+    unsigned char ib[S_CACHE_IDX];
+    int rc;
+    MDB_val k = { LLMQ_STORE_CACHE_KEY, (void *) sha };
+    if ((rc = s_del (self, self->cachelru, s_cache_idx (ib, last_used, sha)))
+    ||  (rc = s_del (self, self->cacheexp, s_cache_idx (ib, drop_at, sha)))
+    ||  (rc = s_del (self, self->cache, k))) {
+        return rc;
+    }
+    TRY (s_meta_put64 (self, "cache_bytes", bytes > size ? bytes - size : 0));
+    return 0;
+}
+
+/*  Evict least recently used entries until `need` more bytes fit under
+    the bound. *evicted counts them. */
+static int
+s_cache_evict (llmq_store_t *self, uint64_t need, size_t max, size_t *evicted)
+{
+    uint64_t bound = self->opts.cache_max_bytes;
+    int rc = 0;
+    while (bound && *evicted < max && s_cache_meta (self, self->txn, "cache_bytes") + need > bound) {
+        MDB_cursor *c;
+        TRY (mdb_cursor_open (self->txn, self->cachelru, &c));
+        MDB_val k, v;
+        rc = mdb_cursor_get (c, &k, &v, MDB_FIRST);
+        uint8_t sha[LLMQ_STORE_CACHE_KEY];
+        uint64_t used = 0;
+        if (rc == 0 && k.mv_size == S_CACHE_IDX) {
+            used = s_get64 ((const unsigned char *) k.mv_data);
+            memcpy (sha, (const unsigned char *) k.mv_data + 8, sizeof sha);
+        }
+        else
+        if (rc == 0) {
+            rc = mdb_cursor_del (c, 0);         /* a stray key: drop it */
+            mdb_cursor_close (c);
+            if (rc) {
+                return s_err (rc);
+            }
+            continue;
+        }
+        mdb_cursor_close (c);
+        if (rc == MDB_NOTFOUND) {
+            /* Nothing left to evict: the count is off (it never should
+               be); start it again from nothing. */
+            TRY (s_meta_put64 (self, "cache_bytes", 0));
+            return 0;
+        }
+        if (rc) {
+            return s_err (rc);
+        }
+        MDB_val ck = { sizeof sha, sha }, cv;
+        rc = mdb_get (self->txn, self->cache, &ck, &cv);
+        if (rc == MDB_NOTFOUND) {
+            unsigned char ib[S_CACHE_IDX];
+            if ((rc = s_del (self, self->cachelru, s_cache_idx (ib, used, sha)))) {
+                return rc;          /* an index entry without its value */
+            }
+            continue;
+        }
+        if (rc) {
+            return s_err (rc);
+        }
+        if ((rc = s_cache_del (self, sha, cv))) {
+            return rc;
+        }
+        (*evicted)++;
+    }
+    if (*evicted) {
+        uint64_t total = s_cache_meta (self, self->txn, "cache_evictions");
+        TRY (s_meta_put64 (self, "cache_evictions", total + *evicted));
+    }
+    return 0;
+}
+
+int
+llmq_store_cache_get (llmq_store_t *self, const uint8_t key[LLMQ_STORE_CACHE_KEY], uint64_t now,
+                      llmq_result_t *out, uint64_t *expires_at, llmq_arena_t *arena)
+{
+    MDB_val k = { LLMQ_STORE_CACHE_KEY, (void *) key }, v;
+    TRY (mdb_get (self->txn, self->cache, &k, &v));
+    if (v.mv_size < S_CACHE_HEAD) {
+        return LLMQ_ERR_STORE;
+    }
+    const unsigned char *p = (const unsigned char *) v.mv_data;
+    uint64_t expires = s_get64 (p), drop_at = s_get64 (p + 8), last_used = s_get64 (p + 16);
+    if (now >= drop_at) {
+        return LLMQ_ERR_NOT_FOUND;      /* the timer has not dropped it yet */
+    }
+    if (llmq_result_decode (p + S_CACHE_HEAD, v.mv_size - S_CACHE_HEAD, out, arena) != 0) {
+        llmq_error ("store: cache entry: corrupt record");
+        return LLMQ_ERR_STORE;
+    }
+    if (expires_at) {
+        *expires_at = expires;
+    }
+    if (now >= expires) {
+        return LLMQ_ERR_EXPIRED;        /* stale: kept for serve_stale only */
+    }
+    /*  A hit: to the back of the LRU order. The value is rewritten with
+        its new last_used (the pages are copied by the write anyway). When
+        this turn has no room for it, the entry keeps its place. */
+    uint64_t cost = s_page_cost (self, v.mv_size) + 2 * 4096;
+    if (now == last_used || !s_room (self, cost)) {
+        return 0;
+    }
+    self->turn_bytes += cost;
+    unsigned char *copy = (unsigned char *) malloc (v.mv_size);
+    if (!copy) {
+        return 0;
+    }
+    memcpy (copy, v.mv_data, v.mv_size);
+    s_put64 (copy + 16, now);
+    MDB_val nv = { v.mv_size, copy };
+    unsigned char ib[S_CACHE_IDX];
+    int rc = s_del (self, self->cachelru, s_cache_idx (ib, last_used, key));
+    if (rc == 0) {
+        MDB_val ik = s_cache_idx (ib, now, key);
+        rc = s_err (mdb_put (self->txn, self->cachelru, &ik, &s_empty, 0));
+    }
+    if (rc == 0) {
+        rc = s_err (mdb_put (self->txn, self->cache, &k, &nv, 0));
+    }
+    free (copy);
+    return rc;
+}
+
+int
+llmq_store_cache_put (llmq_store_t *self, const uint8_t key[LLMQ_STORE_CACHE_KEY], uint64_t ttl_us,
+                      uint64_t stale_us, const llmq_result_t *res, uint64_t now, size_t *evicted)
+{
+    size_t dummy = 0;
+    evicted = evicted ? evicted : &dummy;
+    *evicted = 0;
+    /*  The answer, without what belongs to the job that produced it: a
+        hit is a job of its own, with its own id, times and batch. */
+    llmq_result_t a = { 0 };
+    a.state = LLMQ_STATE_DONE;
+    a.content = res->content;
+    a.finish_reason = res->finish_reason;
+    a.deployment = res->deployment;
+    a.request_id = res->request_id;
+    a.tool_calls = res->tool_calls;
+    a.http_status = res->http_status;
+    a.prompt_tokens = res->prompt_tokens;
+    a.completion_tokens = res->completion_tokens;
+    a.latency_us = res->latency_us;
+    llmq_buf_clear (&self->buf);
+    llmq_buf_t *b = &self->buf;
+    if (llmq_result_encode (&a, b)) {
+        return LLMQ_ERR_NOMEM;
+    }
+    size_t rsize = b->size;
+    uint64_t entry = s_cache_entry_bytes (rsize + S_CACHE_HEAD);
+    if (self->opts.cache_max_bytes && entry > self->opts.cache_max_bytes) {
+        return LLMQ_ERR_TOO_LARGE;      /* would not fit even alone */
+    }
+    uint64_t cost = s_page_cost (self, rsize + S_CACHE_HEAD) + 2 * 4096;
+    if (!s_room (self, cost)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    self->turn_bytes += cost;
+    MDB_val k = { LLMQ_STORE_CACHE_KEY, (void *) key }, old;
+    int rc = mdb_get (self->txn, self->cache, &k, &old);
+    if (rc == 0) {
+        rc = s_cache_del (self, key, old);     /* replaced: its bytes and places go */
+    }
+    else {
+        rc = rc == MDB_NOTFOUND ? 0 : s_err (rc);
+    }
+    if (rc || (rc = s_cache_evict (self, entry, SIZE_MAX, evicted))) {
+        return rc;
+    }
+    uint64_t expires = now + ttl_us, drop_at = expires + stale_us;
+    MDB_val v = { rsize + S_CACHE_HEAD, NULL };
+    TRY (mdb_put (self->txn, self->cache, &k, &v, MDB_RESERVE));
+    unsigned char *p = (unsigned char *) v.mv_data;
+    s_put64 (p, expires);
+    s_put64 (p + 8, drop_at);
+    s_put64 (p + 16, now);
+    memcpy (p + S_CACHE_HEAD, b->data, rsize);
+    unsigned char ib[S_CACHE_IDX];
+    MDB_val ik = s_cache_idx (ib, now, key);
+    TRY (mdb_put (self->txn, self->cachelru, &ik, &s_empty, 0));
+    ik = s_cache_idx (ib, drop_at, key);
+    TRY (mdb_put (self->txn, self->cacheexp, &ik, &s_empty, 0));
+    uint64_t bytes = s_cache_meta (self, self->txn, "cache_bytes");
+    TRY (s_meta_put64 (self, "cache_bytes", bytes + entry));
+    return 0;
+}
+
+/*  The timer's part: entries past drop_at go, then the least recently
+    used while over the bound (a bound lowered since they were put). */
+static size_t
+s_cache_tick (llmq_store_t *self, uint64_t now, size_t budget)
+{
+    size_t done = 0;
+    MDB_cursor *c;
+    while (done < budget && mdb_cursor_open (self->txn, self->cacheexp, &c) == 0) {
+        MDB_val k, v;
+        int rc = mdb_cursor_get (c, &k, &v, MDB_FIRST);
+        bool due = rc == 0 && k.mv_size == S_CACHE_IDX && s_get64 ((const unsigned char *) k.mv_data) <= now;
+        uint8_t sha[LLMQ_STORE_CACHE_KEY];
+        uint64_t drop_at = 0;
+        if (due) {
+            drop_at = s_get64 ((const unsigned char *) k.mv_data);
+            memcpy (sha, (const unsigned char *) k.mv_data + 8, sizeof sha);
+        }
+        else
+        if (rc == 0 && k.mv_size != S_CACHE_IDX) {
+            mdb_cursor_del (c, 0);              /* a stray key */
+            mdb_cursor_close (c);
+            done++;
+            continue;
+        }
+        mdb_cursor_close (c);
+        if (!due) {
+            break;
+        }
+        MDB_val ck = { sizeof sha, sha }, cv;
+        if (mdb_get (self->txn, self->cache, &ck, &cv) == 0) {
+            if (s_cache_del (self, sha, cv) != 0) {
+                break;
+            }
+        }
+        else {
+            unsigned char ib[S_CACHE_IDX];
+            if (s_del (self, self->cacheexp, s_cache_idx (ib, drop_at, sha)) != 0) {
+                break;              /* an index entry without its value */
+            }
+        }
+        done++;
+    }
+    size_t evicted = 0;
+    if (done < budget) {
+        s_cache_evict (self, 0, budget - done, &evicted);
+    }
+    return done + evicted;
+}
+
+int
+llmq_store_cache_stats (llmq_store_t *self, llmq_store_cache_stats_t *out)
+{
+    memset (out, 0, sizeof *out);
+    MDB_txn *txn = self->txn;
+    if (!txn && mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0) {
+        return LLMQ_ERR_STORE;
+    }
+    MDB_stat st;
+    if (mdb_stat (txn, self->cache, &st) == 0) {
+        out->entries = st.ms_entries;
+    }
+    out->bytes = s_cache_meta (self, txn, "cache_bytes");
+    out->evictions = s_cache_meta (self, txn, "cache_evictions");
+    if (txn != self->txn) {
+        mdb_txn_abort (txn);
+    }
+    return 0;
+}
+
+/*  A job answered at submit: it gets an id, its idempotency key and batch
+    membership like any job, and is recorded finished at once, its result
+    stored (state done, cached, cost 0, no attempt) with its expiry, by the
+    one code that ends every job (s_finalise). It never enters a queue. */
+static int
+s_submit_finished (llmq_store_t *self, llmq_job_t *job, const llmq_result_t *answer, uint64_t now,
+                   bool *dup, llmq_result_t *final)
+{
+    *dup = false;
+    if (job->idem_key) {
+        MDB_val k = s_str_val (job->idem_key), v;
+        int rc = mdb_get (self->txn, self->idem, &k, &v);
+        if (rc == 0 && v.mv_size == 8) {
+            job->id = s_get64 ((const unsigned char *) v.mv_data);
+            *dup = true;
+            return 0;
+        }
+        if (rc != MDB_NOTFOUND) {
+            return s_err (rc);
+        }
+    }
+    job->id = self->next_id;
+    job->enqueued_us = now;
+    job->vdeadline_us = now;
+    job->state = LLMQ_STATE_DONE;
+    job->attempts = 0;
+    job->lease = 0;
+    job->not_before_us = 0;
+    /*  s_finalise moves a live record to the results: write one for it to
+        move (in the same transaction, so it never reaches the disk). It
+        has no deadline entry to remove. */
+    llmq_job_t record = *job;
+    record.deadline_us = 0;
+    int rc = s_job_put (self, &record, MDB_APPEND);
+    if (rc) {
+        return rc;
+    }
+    unsigned char idb[8];
+    s_put64 (idb, job->id);
+    if (job->idem_key) {
+        MDB_val k = s_str_val (job->idem_key), v = { 8, idb };
+        TRY (mdb_put (self->txn, self->idem, &k, &v, 0));
+    }
+    if (job->batch_id) {
+        char kb[600];
+        MDB_val bk = s_batchjob_key (kb, sizeof kb, job->batch_id, job->id);
+        TRY (mdb_put (self->txn, self->batchjobs, &bk, &s_empty, 0));
+        if ((rc = s_batch_add (self, job->batch_id, 0, 1))) {
+            return rc;
+        }
+    }
+    self->next_id++;
+    self->counters_dirty = true;
+    *final = *answer;
+    final->state = LLMQ_STATE_DONE;
+    final->cached = true;
+    final->cost_micro = 0;
+    final->attempts = 0;
+    final->error = NULL;
+    final->error_class = 0;
+    final->lease = 0;
+    final->started_us = now;
+    return s_finalise (self, &record, final, now);
+}
+
+int
+llmq_store_submit_cached (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t now, uint8_t *dups,
+                          const llmq_result_t *const *answers, llmq_result_t *finals)
+{
+    if (self->full) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    uint64_t need = 0;
+    for (size_t i = 0; i < n; i++) {
+        need += s_page_cost (self, strlen (jobs[i].body) + (jobs[i].meta ? strlen (jobs[i].meta) : 0) + 256);
+        if (answers[i]) {
+            need += s_result_cost (self, answers[i]);
+        }
+    }
+    if (!s_room (self, need)) {
+        return LLMQ_ERR_STORE_FULL;
+    }
+    self->turn_bytes += need;
+    bool nested = self->tight && !self->parent;
+    int rc = nested ? llmq_store_save (self) : 0;
+    if (rc) {
+        return rc;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        bool dup = false;
+        rc = answers[i] ? s_submit_finished (self, &jobs[i], answers[i], now, &dup, &finals[i])
+                        : llmq_store_submit (self, &jobs[i], now, &dup);
+        dups[i] = dup;
+    }
+    if (rc && nested) {
+        llmq_store_rollback (self);
+        return rc;
+    }
+    return nested ? llmq_store_release (self) : rc;
 }
 
 /* ------------------------------------------------------------------------

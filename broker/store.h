@@ -23,6 +23,9 @@
       usage     day|org|user|model -> counts            requests, tokens, cost
       dead      id -> expire_at|route|job record       dead-lettered jobs, while
                                                        their result lives
+      cache     sha256 -> expires|drop|used|result     response cache entries
+      cachelru  used|sha256 -> "";  cacheexp  drop|sha256 -> ""   their LRU and
+                                                       timer orders
 */
 #ifndef LLMQ_STORE_H
 #define LLMQ_STORE_H
@@ -45,6 +48,7 @@ typedef struct {
     uint32_t max_attempts;            /* default for jobs that give 0 */
     uint64_t backoff_us;              /* first retry delay */
     uint64_t backoff_max_us;
+    uint64_t cache_max_bytes;         /* response cache bound (0: none) */
 } llmq_store_opts_t;
 
 /*  Counts of one batch. */
@@ -168,6 +172,52 @@ int  llmq_store_fetch (llmq_store_t *self, const char *batch, uint64_t after, ui
     Bounded work per call (`budget` records); returns records touched. */
 size_t llmq_store_tick (llmq_store_t *self, uint64_t now, size_t budget,
                         llmq_store_final_fn *fn, void *arg, llmq_arena_t *arena);
+
+/*  Response cache: answers by the SHA-256 of their request (cache.h
+    computes it). Entries expire by their TTL (llmq_store_tick drops them)
+    and the least recently used go first when a put would take the bytes
+    held past opts.cache_max_bytes. All run in the current transaction. */
+#define LLMQ_STORE_CACHE_KEY 32
+
+typedef struct {
+    uint64_t entries;               /* entries held (live and stale) */
+    uint64_t bytes;                 /* their keys and values, as counted against the bound */
+    uint64_t evictions;             /* entries evicted for room, since the store was created */
+} llmq_store_cache_stats_t;
+
+/*  The answer cached under `key` into *out (strings in `arena`; the
+    record has no job fields: no id, times, batch). A live entry returns 0
+    and becomes the most recently used. One past its expiry but kept for
+    stale serving returns LLMQ_ERR_EXPIRED, *out filled, its place kept.
+    *expires_at (may be NULL) says when it expires or expired.
+    Errors: LLMQ_ERR_NOT_FOUND, LLMQ_ERR_STORE. */
+int  llmq_store_cache_get (llmq_store_t *self, const uint8_t key[LLMQ_STORE_CACHE_KEY], uint64_t now,
+                           llmq_result_t *out, uint64_t *expires_at, llmq_arena_t *arena);
+
+/*  Cache the answer `res` (a done job's result: content, finish, tools,
+    tokens, deployment, request id, latency are kept) under `key` until
+    now + ttl_us, replacing any entry under that key, and keep it stale_us
+    longer for stale serving. Evicts least recently used entries first
+    while the bound would be passed; *evicted (may be NULL) counts them.
+    Errors: LLMQ_ERR_TOO_LARGE (bigger than the whole bound: not cached),
+    LLMQ_ERR_STORE_FULL (no room in this turn: nothing written),
+    LLMQ_ERR_STORE. */
+int  llmq_store_cache_put (llmq_store_t *self, const uint8_t key[LLMQ_STORE_CACHE_KEY], uint64_t ttl_us,
+                           uint64_t stale_us, const llmq_result_t *res, uint64_t now, size_t *evicted);
+
+/*  Entries, bytes and evictions. In the current transaction, or a read
+    transaction of its own between turns. */
+int  llmq_store_cache_stats (llmq_store_t *self, llmq_store_cache_stats_t *out);
+
+/*  As llmq_store_submit_all, with cache hits: a job whose answers[i] is
+    not NULL is recorded finished at once with that answer (state done,
+    `cached` set, cost 0, no attempt, started and finished now; `degraded`
+    as given) and never queued. It gets its id, idempotency key and batch
+    membership like any job, and a batch counts it done; finals[i] is its
+    stored result. A known idempotency key still returns the existing job
+    (dups[i] = 1, nothing stored, finals[i] untouched). All or none. */
+int  llmq_store_submit_cached (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint64_t now, uint8_t *dups,
+                               const llmq_result_t *const *answers, llmq_result_t *finals);
 
 /*  Dead letters: jobs that ended DEAD (max_attempts retryable failures).
     Their job record (body, meta, keys...) is kept beside their result for

@@ -28,6 +28,11 @@ static const char s_submit_usage[] =
     "  -d, --deadline DUR        the job must start within DUR, or it expires\n"
     "      --max-tokens N        body.max_tokens\n"
     "      --max-attempts N      attempts before the job is dead-lettered\n"
+    "      --cache TTL           answer from the broker's response cache if the same\n"
+    "                            request was answered within TTL (e.g. 10m), else\n"
+    "                            cache this answer for TTL\n"
+    "      --no-cache            never answer from or store in the cache (even at\n"
+    "                            temperature 0 with auto caching on)\n"
     "      --messages JSON       the messages array (instead of PROMPT), or a whole\n"
     "                            request body object with \"messages\"\n"
     "      --broker ENDPOINT, --timeout DUR, -h, --help   as for 'llmq'\n"
@@ -196,7 +201,8 @@ s_on_chunk (void *arg, uint64_t id, unsigned seq, const char *text)
 int
 cmd_submit (cli_t *cli, int argc, char **argv)
 {
-    enum { OPT_USER = 0x2001, OPT_ORG, OPT_MAX_TOKENS, OPT_MAX_ATTEMPTS, OPT_MESSAGES, OPT_RESTARTABLE };
+    enum { OPT_USER = 0x2001, OPT_ORG, OPT_MAX_TOKENS, OPT_MAX_ATTEMPTS, OPT_MESSAGES, OPT_RESTARTABLE,
+           OPT_CACHE, OPT_NO_CACHE };
     static const struct option options[] = {
         CLI_GLOBAL_OPTIONS,
         { "model",           required_argument, NULL, 'm' },
@@ -211,6 +217,8 @@ cmd_submit (cli_t *cli, int argc, char **argv)
         { "max-attempts",    required_argument, NULL, OPT_MAX_ATTEMPTS },
         { "messages",        required_argument, NULL, OPT_MESSAGES },
         { "restartable",     no_argument,       NULL, OPT_RESTARTABLE },
+        { "cache",           required_argument, NULL, OPT_CACHE },
+        { "no-cache",        no_argument,       NULL, OPT_NO_CACHE },
         { NULL, 0, NULL, 0 }
     };
     llmq_job job = { 0 };
@@ -272,6 +280,14 @@ cmd_submit (cli_t *cli, int argc, char **argv)
                 break;
             case OPT_MESSAGES:
                 messages = optarg;
+                break;
+            case OPT_CACHE:
+                if (cli_parse_duration_ms (optarg, &job.cache_ttl_ms) != 0 || job.cache_ttl_ms == 0) {
+                    return cli_usage_error (cli, "--cache: '%s' is not a duration (e.g. 10m, 1h)", optarg);
+                }
+                break;
+            case OPT_NO_CACHE:
+                job.cache_ttl_ms = -1;
                 break;
             default: {
                 int rc = cli_option (cli, opt, optarg, argv);
@@ -454,6 +470,9 @@ s_print_result (const llmq_result *r)
     }
     if (r->deployment) {
         printf ("deployment:   %s%s\n", r->deployment, r->degraded ? " (degraded: the fallback group served it)" : "");
+    }
+    if (r->cached) {
+        printf ("cached:       yes (answered from the response cache, no provider call)\n");
     }
     if (r->request_id) {
         printf ("request id:   %s\n", r->request_id);

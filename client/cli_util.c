@@ -450,7 +450,7 @@ json_t *
 cli_result_json (const llmq_result *r)
 {
     json_t *obj = json_pack ("{s:I, s:s, s:o, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:i,"
-                      " s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+                      " s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
         "id", (json_int_t) r->id,
         "state", llmq_state_name (r->state),
         "model", s_str_or_null (r->model),
@@ -470,7 +470,8 @@ cli_result_json (const llmq_result *r)
         "enqueued_us", (json_int_t) r->enqueued_us,
         "started_us", (json_int_t) r->started_us,
         "finished_us", (json_int_t) r->finished_us,
-        "latency_us", (json_int_t) r->latency_us);
+        "latency_us", (json_int_t) r->latency_us,
+        "cached", r->cached != 0);
     if (obj) {
         json_t *calls = s_tool_calls (r);
         if (json_object_set_new (obj, "tool_calls", calls ? calls : json_null ()) != 0) {

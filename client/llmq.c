@@ -659,6 +659,10 @@ s_job_from (llmq *h, const llmq_job *in, size_t index, llmq_job_t *out)
     if (in->deadline_ms < 0) {
         return s_fail (h, LLMQ_ERR_INVALID, "job %zu: negative deadline", index);
     }
+    if (in->cache_ttl_ms < -1) {
+        return s_fail (h, LLMQ_ERR_INVALID, "job %zu: cache_ttl_ms %lld is not -1, 0 or a number of ms",
+                       index, (long long) in->cache_ttl_ms);
+    }
     /* A body that is not a chat request would only fail later, at a
        worker, after waiting its turn in the queue: refuse what is plainly
        not one now. Only the shape is checked (an object naming
@@ -681,6 +685,7 @@ s_job_from (llmq *h, const llmq_job *in, size_t index, llmq_job_t *out)
     out->stream = in->stream != 0;
     out->restart = in->stream == LLMQ_STREAM_RESTART;
     out->max_attempts = in->max_attempts;
+    out->cache_ttl_ms = in->cache_ttl_ms;
     if (in->deadline_ms > 0) {
         out->deadline_us = llmq_now_us () + (uint64_t) in->deadline_ms * 1000u;
     }

@@ -281,6 +281,7 @@ s_encode_job (const llmq_job_t *j, llmq_buf_t *out)
     s_put_b (&m, "restart", j->restart);
     s_put_u (&m, "maxatt", j->max_attempts);
     s_put_u (&m, "deadline", j->deadline_us);
+    s_put_i (&m, "cttl", j->cache_ttl_ms, 0);
     s_put_u (&m, "state", j->state);
     s_put_u (&m, "att", j->attempts);
     s_put_u (&m, "lease", j->lease);
@@ -529,6 +530,20 @@ s_decode_job (s_dec_t *d, const msgpack_object *map, llmq_job_t *j)
         GET_B ("restart", j->restart);
         GET_U ("maxatt", j->max_attempts, 1000);
         GET_U ("deadline", j->deadline_us, UINT64_MAX);
+        if (KEY_IS (k, "cttl")) {
+            /*  A TTL in ms, or -1 (never cache): the one signed job field. */
+            if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= INT64_MAX) {
+                j->cache_ttl_ms = (int64_t) o->via.u64;
+            }
+            else
+            if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && o->via.i64 == -1) {
+                j->cache_ttl_ms = -1;
+            }
+            else {
+                return s_fail (d, "cttl", "expected -1 or a number of ms");
+            }
+            continue;
+        }
         GET_U ("state", j->state, 255);
         GET_U ("att", j->attempts, UINT32_MAX);
         GET_U ("lease", j->lease, UINT64_MAX);

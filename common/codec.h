@@ -89,7 +89,8 @@ const char *llmq_error_class_name (int ec);
 bool llmq_error_class_retryable (int ec);
 
 /*  A job: what a client submits, what the broker stores, what it dispatches.
-    The broker never parses `body`; workers translate it for their provider. */
+    The broker parses `body` only for jobs that are response cache
+    candidates (broker/cache.c); workers translate it for their provider. */
 typedef struct {
     uint64_t id;                /* assigned by the broker */
     const char *model;          /* model group (the route) */
@@ -106,6 +107,9 @@ typedef struct {
                                    reached the client may run again (RESET) */
     uint32_t max_attempts;      /* 0: broker default */
     uint64_t deadline_us;       /* absolute unix µs by which it must start; 0: none */
+    int64_t  cache_ttl_ms;      /* response cache: > 0 cache its answer this long (and
+                                   answer it from the cache); 0: the broker's rule
+                                   ([cache] auto_temperature_zero); -1: never */
     /* Broker-side state: stored with the job, sent in DISPATCH. */
     uint8_t  state;             /* llmq_state */
     uint32_t attempts;          /* attempts that failed or lost their worker */

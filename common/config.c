@@ -57,6 +57,7 @@ typedef enum {
     S_PRIORITY,
     S_WORKER,
     S_TENANTS,
+    S_CACHE,
     S_DEPLOYMENT,           /* named sections from here on */
     S_GROUP,
     S_TIER,
@@ -65,7 +66,7 @@ typedef enum {
 } s_section_t;
 
 static const char *s_section_names[] = {
-    "", "broker", "priority", "worker", "tenants", "deployment", "group", "tier", "user", "org"
+    "", "broker", "priority", "worker", "tenants", "cache", "deployment", "group", "tier", "user", "org"
 };
 
 typedef enum {
@@ -163,6 +164,11 @@ static const s_key_t s_keys[] = {
     { S_TENANTS, "stream_weight", S_COUNT, offsetof (llmq_config_t, stream_weight), 1, 1000 },
     { S_TENANTS, "large_job_tokens", S_COUNT, offsetof (llmq_config_t, large_job_tokens), 1, 100000000 },
     { S_TENANTS, "budget_webhook", S_URL, offsetof (llmq_config_t, budget_webhook), 0, 0 },
+    { S_CACHE, "enabled", S_BOOL, offsetof (llmq_config_t, cache_enabled), 0, 0 },
+    { S_CACHE, "auto_temperature_zero", S_BOOL, offsetof (llmq_config_t, cache_auto_temperature_zero), 0, 0 },
+    { S_CACHE, "default_ttl", S_DURATION, offsetof (llmq_config_t, cache_default_ttl_ms), S_SECOND, S_YEAR },
+    { S_CACHE, "max_size", S_SIZE, offsetof (llmq_config_t, cache_max_size), S_KIB, S_TIB },
+    { S_CACHE, "serve_stale", S_BOOL, offsetof (llmq_config_t, cache_serve_stale), 0, 0 },
     { S_TIER, "rpm", S_COUNT, offsetof (llmq_cfg_tier_t, rpm), 0, 100000000 },
     { S_TIER, "rph", S_COUNT, offsetof (llmq_cfg_tier_t, rph), 0, 100000000 },
     { S_TIER, "rpd", S_COUNT, offsetof (llmq_cfg_tier_t, rpd), 0, 1000000000 },
@@ -202,7 +208,7 @@ typedef struct {
     s_section_t section;    /* section being read */
     size_t index;           /* deployment or group being read */
     char label[S_NAME_MAX + 16];    /* "broker", "deployment mock-gpt" */
-    s_lines_t fixed[S_TENANTS + 1]; /* [broker], [priority], [worker], [tenants] */
+    s_lines_t fixed[S_CACHE + 1];   /* [broker], [priority], [worker], [tenants], [cache] */
     s_lines_t *dep_lines;   /* one per config->deployments entry */
     s_lines_t *grp_lines;   /* one per config->groups entry */
     s_lines_t *named_lines[3];      /* [tier], [user], [org]: one per entry */
@@ -733,7 +739,7 @@ s_section_begin (s_ctx_t *ctx, char *text)
     char shown[S_SHOW_MAX + 4];
     if (section == S_NONE) {
         return s_fail (ctx, ctx->line, "unknown section [%s] (expected [broker], [priority], "
-                       "[worker], [tenants], [deployment NAME], [group NAME], [tier NAME], "
+                       "[worker], [tenants], [cache], [deployment NAME], [group NAME], [tier NAME], "
                        "[user NAME] or [org NAME])",
                        s_show (text, shown, sizeof shown));
     }
@@ -1468,6 +1474,9 @@ llmq_config_new (void)
     self->liveness = 3;
     self->probe_interval_ms = 30 * S_SECOND;
     self->stream_weight = 1;
+    self->cache_enabled = true;
+    self->cache_default_ttl_ms = 1 * S_HOUR;
+    self->cache_max_size = 64 * S_MIB;
     self->max_message = 64 * S_MIB;
     self->max_attempts = 3;
     self->retry_backoff_ms = 1 * S_SECOND;

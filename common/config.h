@@ -148,6 +148,14 @@ typedef struct {
     uint32_t stream_weight;     /* a streamed job counts as this many requests (1) */
     uint32_t large_job_tokens;  /* a job estimated at N x this counts N more (0: off) */
     char    *budget_webhook;    /* URL POSTed each budget alert, or NULL */
+    /* [cache]: the broker's response cache (docs/config.md) */
+    bool     cache_enabled;     /* cache at all (on): jobs that ask are cached */
+    bool     cache_auto_temperature_zero; /* also jobs with "temperature": 0 (off) */
+    uint64_t cache_default_ttl_ms;  /* TTL of those (1 h) */
+    uint64_t cache_max_size;    /* bytes of entries kept, least recently used
+                                   evicted first (64 MiB) */
+    bool     cache_serve_stale; /* an expired entry answers when every deployment
+                                   of the group is down (off) */
     /* [tier NAME], [user NAME], [org NAME], in file order */
     llmq_cfg_tier_t *tiers;
     size_t   ntiers;

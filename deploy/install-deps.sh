@@ -13,6 +13,7 @@ PKGS=(
                                # Recommends of libcurl, which --no-install-recommends skips)
   openssl                      # test_tls makes a throwaway CA and certificate with it
   libjansson-dev               # JSON for provider bodies, batch files, config values
+  libssl-dev                   # libcrypto's SHA-256: the broker's response cache keys
   libinih-dev                  # config file parser (INI) with line numbers on errors
   libmicrohttpd-dev            # HTTP server for the mock provider (and the broker's HTTP side)
   check                        # unit and integration tests (run by ctest)

@@ -142,6 +142,17 @@ typedef struct {
     const char *meta;             /**< opaque metadata JSON, returned as is */
     unsigned    max_attempts;     /**< 0: broker default */
     int64_t     deadline_ms;      /**< must start within this many ms; 0: none */
+    /** Response cache. > 0: the broker answers the job from its cache
+        when the same request (model group, messages and the parameters
+        that change the answer) was answered within this many ms, without
+        queueing it or calling a provider (the result then has `cached`
+        set and costs nothing), and else caches its answer this long.
+        0: the broker's configured rule (`[cache] auto_temperature_zero`
+        caches jobs whose body has "temperature": 0, for `default_ttl`).
+        -1: never answered from or stored in the cache. Other negative
+        values are refused (#LLMQ_ERR_INVALID). Added after the fields
+        above so their offsets hold. */
+    int64_t     cache_ttl_ms;
 } llmq_job;
 
 /** A job's result (or, from llmq_status(), its current state). */

@@ -4,6 +4,7 @@
 #include "harness.h"
 
 #include <check.h>
+#include <curl/curl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -170,6 +171,120 @@ START_TEST (test_cost_and_budget)
 }
 END_TEST
 
+/*  GET a mock path; the parsed JSON, or NULL. */
+static size_t
+s_collect (char *data, size_t size, size_t n, void *arg)
+{
+    json_t **buf = arg;
+    json_t *piece = json_stringn (data, size * n);
+    json_array_append_new (*buf, piece);
+    return size * n;
+}
+
+static json_t *
+s_mock_get (harness_t *h, const char *path)
+{
+    char url[200];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d%s", h->mock_port, path);
+    CURL *curl = curl_easy_init ();
+    json_t *pieces = json_array ();
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_collect);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &pieces);
+    CURLcode rc = curl_easy_perform (curl);
+    curl_easy_cleanup (curl);
+    size_t i;
+    json_t *p;
+    size_t len = 0;
+    json_array_foreach (pieces, i, p) {
+        len += json_string_length (p);
+    }
+    char *text = calloc (1, len + 1);
+    len = 0;
+    json_array_foreach (pieces, i, p) {
+        memcpy (text + len, json_string_value (p), json_string_length (p));
+        len += json_string_length (p);
+    }
+    json_decref (pieces);
+    json_t *out = rc == CURLE_OK ? json_loads (text, 0, NULL) : NULL;
+    free (text);
+    return out;
+}
+
+/*  Budget alerts at 80, 90 and 100 %, each once, POSTed to the webhook,
+    the first POST refused and retried. Prices make each job cost twice
+    its estimate (1 completion token estimated, 2 used), so the spend can
+    pass the thresholds before the estimate refuses a job. */
+START_TEST (test_budget_alerts_webhook)
+{
+    harness_t *h = h_new (NULL);
+    FILE *f = fopen (h->conf, "a");
+    ck_assert_ptr_nonnull (f);
+    fprintf (f, "\n[tenants]\nbudget_webhook = http://127.0.0.1:%d/mock/hook\n"
+                "\n[deployment dear]\nprovider = echo\nprice_output = 10\n"
+                "\n[group dear]\ndeployments = dear\n"
+                "\n[user dee]\ntier = enterprise\nbudget_daily = 0.00005\n", h->mock_port);
+    ck_assert_int_eq (fclose (f), 0);
+    ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    ck_assert_int_eq (h_mock_post (h, "/mock/hook/fail", "{\"count\":1}"), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    llmq *c = h_client (h);
+    /*  Spend 20, 40 (80 %), 60 (120 %: 90 and 100 %); the 4th is refused. */
+    for (int i = 0; i < 4; i++) {
+        llmq_job j;
+        memset (&j, 0, sizeof j);
+        j.model = "dear";
+        j.body = s_body;
+        j.user = "dee";
+        uint64_t id;
+        int rc = llmq_submit (c, &j, &id, 5000);
+        if (i == 3) {
+            ck_assert_int_eq (rc, LLMQ_ERR_BUDGET);
+            break;
+        }
+        ck_assert_int_eq (rc, LLMQ_OK);
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+        ck_assert_uint_eq (r->cost_micro, 20);
+        llmq_result_free (&r);
+    }
+    ck_assert_int_eq (h_stat (c, "totals.budget_alerts"), 3);
+    /*  All three reach the hook, one after a retry (1 s later). */
+    json_t *hooks = NULL;
+    for (int i = 0; i < T_WAIT / 5; i++) {
+        json_decref (hooks);
+        hooks = s_mock_get (h, "/mock/hooks");
+        if (hooks && json_integer_value (json_object_get (hooks, "received")) >= 3) {
+            break;
+        }
+        h_backoff ();
+    }
+    ck_assert_ptr_nonnull (hooks);
+    ck_assert_int_eq (json_integer_value (json_object_get (hooks, "received")), 3);
+    ck_assert_int_eq (json_integer_value (json_object_get (hooks, "refused")), 1);
+    int seen[3] = { 0 };
+    size_t i;
+    json_t *b;
+    json_array_foreach (json_object_get (hooks, "bodies"), i, b) {
+        ck_assert_str_eq (json_string_value (json_object_get (b, "type")), "budget_alert");
+        ck_assert_str_eq (json_string_value (json_object_get (b, "name")), "dee");
+        ck_assert_str_eq (json_string_value (json_object_get (b, "period")), "day");
+        ck_assert_int_eq (json_integer_value (json_object_get (b, "budget_micro")), 50);
+        json_int_t pct = json_integer_value (json_object_get (b, "pct"));
+        seen[pct == 80 ? 0 : pct == 90 ? 1 : 2]++;
+    }
+    ck_assert (seen[0] == 1 && seen[1] == 1 && seen[2] == 1);
+    json_decref (hooks);
+    /*  The broker counts a POST as sent once it has read the answer,
+        which may be just after the mock kept the body. */
+    ck_assert (h_wait_stat (c, "webhook.sent", 3, T_WAIT));
+    ck_assert_int_eq (h_stat (c, "webhook.retried"), 1);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 int
 main (void)
 {
@@ -178,6 +293,7 @@ main (void)
     tcase_set_timeout (tc, 60);
     tcase_add_test (tc, test_free_tier_eleventh_refused);
     tcase_add_test (tc, test_cost_and_budget);
+    tcase_add_test (tc, test_budget_alerts_webhook);
     suite_add_tcase (s, tc);
     return h_run_suite (s);
 }

@@ -10,6 +10,9 @@
         DELETE /mock/faults     clear the queue
         POST   /mock/config     change the default delays and chunk count
         GET    /mock/config     read them
+        POST   /mock/hook       a webhook receiver: keeps the body (JSON)
+        POST   /mock/hook/fail  {"count":N}: answer the next N hooks 500
+        GET    /mock/hooks      {"received":N,"refused":N,"bodies":[...]}
     Control requests are not chat requests: they never count in the stats
     and never consume a queued fault. Bad input gets a 400 with the same
     error shape the OpenAI dialect uses, so one client helper reads both.
@@ -18,6 +21,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +213,49 @@ s_requests_get (mock_server_t *server, struct MHD_Connection *conn)
     return s_send_json (conn, 200, mock_stats_timestamps_json (server->stats, since));
 }
 
+/*  The webhook receiver: bodies kept (the last 1,000), refusals armed. */
+static pthread_mutex_t s_hook_lock = PTHREAD_MUTEX_INITIALIZER;
+static json_t *s_hook_bodies;
+static long s_hook_received, s_hook_refused, s_hook_fail_next;
+
+static enum MHD_Result
+s_hook_post (struct MHD_Connection *conn, const char *body, size_t len)
+{
+    json_t *parsed = json_loadb (body, len, 0, NULL);
+    pthread_mutex_lock (&s_hook_lock);
+    bool refuse = s_hook_fail_next > 0;
+    if (refuse) {
+        s_hook_fail_next--;
+        s_hook_refused++;
+    }
+    else {
+        if (!s_hook_bodies) {
+            s_hook_bodies = json_array ();
+        }
+        json_array_append_new (s_hook_bodies, parsed ? parsed : json_stringn (body, len));
+        parsed = NULL;
+        while (json_array_size (s_hook_bodies) > 1000) {
+            json_array_remove (s_hook_bodies, 0);
+        }
+        s_hook_received++;
+    }
+    pthread_mutex_unlock (&s_hook_lock);
+    json_decref (parsed);
+    return refuse ? s_send_error (conn, 500, "hook refused on request (/mock/hook/fail)")
+                  : s_send_json (conn, 200, json_pack ("{s:b}", "ok", 1));
+}
+
+static enum MHD_Result
+s_hooks_get (struct MHD_Connection *conn)
+{
+    pthread_mutex_lock (&s_hook_lock);
+    json_t *out = json_pack ("{s:I, s:I, s:O}", "received", (json_int_t) s_hook_received,
+                             "refused", (json_int_t) s_hook_refused,
+                             "bodies", s_hook_bodies ? s_hook_bodies : json_array ());
+    pthread_mutex_unlock (&s_hook_lock);
+    return s_send_json (conn, 200, out);
+}
+
 enum MHD_Result
 mock_control_handle (mock_server_t *server, struct MHD_Connection *conn,
                      const char *method, const char *url,
@@ -221,8 +268,12 @@ mock_control_handle (mock_server_t *server, struct MHD_Connection *conn,
     //  Bodies matter only to the two POSTs that take JSON; an empty body
     //  there reads as {} so `curl -X POST .../mock/config` is harmless
     json_t *root = NULL;
+    if (post && strcmp (url, "/mock/hook") == 0) {
+        return s_hook_post (conn, body, len);
+    }
     bool takes_body = post && (strcmp (url, "/mock/faults") == 0
-                            || strcmp (url, "/mock/config") == 0);
+                            || strcmp (url, "/mock/config") == 0
+                            || strcmp (url, "/mock/hook/fail") == 0);
     if (takes_body) {
         json_error_t error;
         root = len > 0 ? json_loadb (body, len, 0, &error) : json_object ();
@@ -265,6 +316,18 @@ mock_control_handle (mock_server_t *server, struct MHD_Connection *conn,
     else
     if (strcmp (url, "/mock/config") == 0 && get) {
         rc = s_send_json (conn, 200, s_config_json (server));
+    }
+    else
+    if (strcmp (url, "/mock/hook/fail") == 0 && post) {
+        json_int_t n = json_integer_value (json_object_get (root, "count"));
+        pthread_mutex_lock (&s_hook_lock);
+        s_hook_fail_next = n > 0 ? (long) n : 0;
+        pthread_mutex_unlock (&s_hook_lock);
+        rc = s_send_json (conn, 200, json_pack ("{s:b}", "ok", 1));
+    }
+    else
+    if (strcmp (url, "/mock/hooks") == 0 && get) {
+        rc = s_hooks_get (conn);
     }
     else {
         char message [160];

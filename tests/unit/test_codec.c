@@ -81,6 +81,7 @@ s_full_job (uint64_t n)
         .restart = n % 2 == 1,
         .max_attempts = 5 + (uint32_t) n,
         .deadline_us = 1767225600000000ull + n,
+        .cache_ttl_ms = n % 2 == 1 ? -1 : 3600000 + (int64_t) n,
         .state = LLMQ_STATE_RUNNING,
         .attempts = 2,
         .lease = UINT64_MAX - n,
@@ -255,6 +256,7 @@ s_assert_job_eq (const llmq_job_t *a, const llmq_job_t *b)
     ck_assert_int_eq (a->restart, b->restart);
     ck_assert_uint_eq (a->max_attempts, b->max_attempts);
     ck_assert_uint_eq (a->deadline_us, b->deadline_us);
+    ck_assert_int_eq (a->cache_ttl_ms, b->cache_ttl_ms);
     ck_assert_uint_eq (a->state, b->state);
     ck_assert_uint_eq (a->attempts, b->attempts);
     ck_assert_uint_eq (a->lease, b->lease);
@@ -913,6 +915,10 @@ static const struct {
     { LLMQ_CMD_SUBMIT, S_BYTES ("\x81" "\xa4" "jobs" "\x91" "\x81" "\xa4" "prio" "\x04"), "'prio'" },
     //  {"jobs": [{"model": 7}]}
     { LLMQ_CMD_SUBMIT, S_BYTES ("\x81" "\xa4" "jobs" "\x91" "\x81" "\xa5" "model" "\x07"), "'model'" },
+    //  {"jobs": [{"cttl": -2}]}: a cache TTL is -1 or a number of ms
+    { LLMQ_CMD_SUBMIT, S_BYTES ("\x81" "\xa4" "jobs" "\x91" "\x81" "\xa4" "cttl" "\xfe"), "'cttl'" },
+    //  {"jobs": [{"cttl": "1h"}]}
+    { LLMQ_CMD_SUBMIT, S_BYTES ("\x81" "\xa4" "jobs" "\x91" "\x81" "\xa4" "cttl" "\xa2" "1h"), "'cttl'" },
     //  {"jobs": [{"stream": 1}]}
     { LLMQ_CMD_SUBMIT, S_BYTES ("\x81" "\xa4" "jobs" "\x91" "\x81" "\xa6" "stream" "\x01"), "'stream'" },
     //  {"jobs": [{"model": "gp\0t"}]}: a NUL would cut the C string

@@ -877,6 +877,55 @@ START_TEST (test_parse_bool)
 END_TEST
 
 
+//  [cache]: the response cache. Defaults, every key, and its mistakes.
+START_TEST (test_cache_section)
+{
+    llmq_config_t *config = llmq_config_new ();
+    ck_assert (config->cache_enabled);
+    ck_assert (!config->cache_auto_temperature_zero);
+    ck_assert_uint_eq (config->cache_default_ttl_ms, 3600 * 1000);
+    ck_assert_uint_eq (config->cache_max_size, 64u << 20);
+    ck_assert (!config->cache_serve_stale);
+    llmq_config_destroy (&config);
+
+    const char *path = s_write ("[broker]\nsync = off\n"
+                                "[cache]\nenabled = off\nauto_temperature_zero = yes\ndefault_ttl = 10m\n"
+                                "max_size = 1GiB\nserve_stale = on\n"
+                                "[deployment echo]\nprovider = echo\n");
+    char err[512];
+    config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    ck_assert (!config->cache_enabled);
+    ck_assert (config->cache_auto_temperature_zero);
+    ck_assert_uint_eq (config->cache_default_ttl_ms, 600 * 1000);
+    ck_assert_uint_eq (config->cache_max_size, 1ull << 30);
+    ck_assert (config->cache_serve_stale);
+    llmq_config_destroy (&config);
+
+    static const struct {
+        const char *text;
+        const char *error;
+    } bad[] = {
+        { "[cache]\ndefault_ttl = 10\n", "llmq.conf:2: [cache] default_ttl: a unit is needed" },
+        { "[cache]\ndefault_ttl = 500ms\n", "llmq.conf:2: [cache] default_ttl:" },
+        { "[cache]\nmax_size = 12\n", "llmq.conf:2: [cache] max_size:" },
+        { "[cache]\nenabled = maybe\n", "llmq.conf:2: [cache] enabled: expected on or off" },
+        { "[cache]\nttl = 1h\n", "llmq.conf:2: [cache] ttl: unknown key" },
+        { "[cache]\nenabled = on\n[cache]\n", "llmq.conf:3: [cache]: section appears twice (first at line 1)" },
+        { "[cache]\nenabled = on\nenabled = off\n", "llmq.conf:3: [cache] enabled: set twice (first at line 2)" },
+        { "[cache x]\n", "llmq.conf:1: [cache] takes no name" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        path = s_write (bad[i].text);
+        err[0] = 0;
+        config = llmq_config_load (path, err, sizeof err);
+        ck_assert_msg (!config, "case %zu loaded", i);
+        ck_assert_msg (strstr (err, bad[i].error), "case %zu: got '%s', expected '%s'", i, err, bad[i].error);
+    }
+}
+END_TEST
+
+
 static Suite *
 s_config_suite (void)
 {
@@ -908,6 +957,7 @@ s_config_suite (void)
     tcase_add_test (errors, test_tenant_sections);
     tcase_add_test (errors, test_check_ca);
     tcase_add_test (errors, test_short_error_buffer);
+    tcase_add_test (errors, test_cache_section);
     suite_add_tcase (suite, errors);
 
     TCase *parsers = tcase_create ("parsers");
