@@ -15,6 +15,7 @@
 #include "log.h"
 #include "router.h"
 #include "store.h"
+#include "fair.h"
 #include "tenants.h"
 #include "webhook.h"
 
@@ -92,6 +93,7 @@ struct llmq_broker {
     llmq_router_t *router;          /* breakers, limits, balancing */
     llmq_tenants_t *tenants;        /* tier quotas, budgets */
     llmq_webhook_t *webhook;        /* [tenants] budget_webhook, or NULL */
+    llmq_fair_t *fair;              /* fair share between tenants ([tenants] fair_share) */
     zhashx_t *avoid;                /* job id -> deployment index + 1 its last attempt failed on */
     json_t *history;                /* breaker state changes, oldest first */
     bool history_dirty;
@@ -636,6 +638,63 @@ s_admit_all (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
     return true;
 }
 
+/*  A tenant's fair-share weight: its org's, else its user's tier's. */
+static uint32_t
+s_tenant_weight (const llmq_config_t *c, const llmq_job_t *job)
+{
+    for (size_t i = 0; job->org && i < c->norgs; i++) {
+        if (strcmp (c->orgs[i].name, job->org) == 0) {
+            return c->orgs[i].weight;
+        }
+    }
+    const char *tier = c->default_tier ? c->default_tier : "free";
+    for (size_t i = 0; job->user && i < c->nusers; i++) {
+        if (strcmp (c->users[i].name, job->user) == 0 && c->users[i].tier) {
+            tier = c->users[i].tier;
+        }
+    }
+    const llmq_cfg_tier_t *t = llmq_config_tier (c, tier);
+    return t && t->weight ? t->weight : 1;
+}
+
+/*  Where each job goes in its group's queue. A client cannot choose
+    (the field is cleared); jobs of a tenant (an org, else a user) get a
+    fair-share tag (fair.h), others their enqueue time, plus the priority's
+    offset either way. */
+static void
+s_fair_place (llmq_broker_t *self, llmq_msg_t *m, uint64_t now)
+{
+    const llmq_route_stats_t *rs = NULL;
+    size_t nr = 0;
+    for (size_t i = 0; i < m->njobs; i++) {
+        llmq_job_t *job = &m->jobs[i];
+        job->vdeadline_us = 0;
+        bool org = job->org && *job->org, user = job->user && *job->user;
+        if (!self->fair || (!org && !user)) {
+            continue;
+        }
+        uint32_t route;
+        if (llmq_store_route (self->store, job->model, &route) != 0) {
+            continue;
+        }
+        if (!rs) {
+            nr = llmq_store_routes (self->store, &rs);
+        }
+        int prio = job->priority % LLMQ_NPRIO;
+        bool idle = true;
+        for (size_t r = 0; r < nr; r++) {
+            if (rs[r].number == route) {
+                idle = rs[r].ready[prio] == 0;
+            }
+        }
+        char tenant[300];
+        snprintf (tenant, sizeof tenant, "%s:%s", org ? "org" : "user", org ? job->org : job->user);
+        uint64_t tag = llmq_fair_tag (self->fair, route, prio, tenant, s_tenant_weight (self->config, job),
+                                      now, idle);
+        job->vdeadline_us = tag + self->config->prio_offset_ms[prio] * 1000;
+    }
+}
+
 /*  Returns true if the message must be retried next turn. */
 static bool
 s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
@@ -677,6 +736,7 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
     if (!s_admit_all (self, from, m, now)) {
         return false;               /* over a quota or a budget: refused */
     }
+    s_fair_place (self, m, now);
     uint64_t *ids = (uint64_t *) llmq_arena_alloc (self->arena, m->njobs * sizeof *ids);
     uint8_t *dups = (uint8_t *) llmq_arena_alloc (self->arena, m->njobs);
     /*  Response cache: a hit is stored finished at once, never queued. */
@@ -1660,6 +1720,12 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
             continue;
         }
         zhashx_delete (self->avoid, U64_KEY (job.id));
+        if (self->fair) {
+            int prio = job.priority % LLMQ_NPRIO;
+            uint64_t off = self->config->prio_offset_ms[prio] * 1000;
+            llmq_fair_dispatched (self->fair, rs[best_route].number, prio,
+                                  job.vdeadline_us > off ? job.vdeadline_us - off : 0);
+        }
         d = &self->config->deployments[pick.dep];
         s_lease_t *l = (s_lease_t *) calloc (1, sizeof *l);
         if (!l) {
@@ -2135,6 +2201,7 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     self->history = json_array ();
     self->router = s_router_new (config);
     self->tenants = s_tenants_new (config);
+    self->fair = config->fair_share ? llmq_fair_new () : NULL;
     if (!self->router || !self->history || !self->tenants) {
         snprintf (err, errlen, "out of memory");
         llmq_broker_destroy (&self);
@@ -2180,6 +2247,7 @@ llmq_broker_destroy (llmq_broker_t **self_p)
         zhashx_destroy (&self->avoid);
         llmq_router_destroy (&self->router);
         llmq_tenants_destroy (&self->tenants);
+        llmq_fair_destroy (&self->fair);
         if (self->webhook) {
             llmq_webhook_destroy (&self->webhook);
             curl_global_cleanup ();

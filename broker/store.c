@@ -922,7 +922,9 @@ llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup)
     }
     job->id = self->next_id;
     job->enqueued_us = now;
-    job->vdeadline_us = now + self->opts.prio_offset_us[job->priority % LLMQ_NPRIO];
+    if (!job->vdeadline_us) {       /* else the broker placed it (fair share) */
+        job->vdeadline_us = now + self->opts.prio_offset_us[job->priority % LLMQ_NPRIO];
+    }
     job->state = LLMQ_STATE_QUEUED;
     job->attempts = 0;
     job->lease = 0;

@@ -164,6 +164,7 @@ static const s_key_t s_keys[] = {
     { S_TENANTS, "stream_weight", S_COUNT, offsetof (llmq_config_t, stream_weight), 1, 1000 },
     { S_TENANTS, "large_job_tokens", S_COUNT, offsetof (llmq_config_t, large_job_tokens), 1, 100000000 },
     { S_TENANTS, "budget_webhook", S_URL, offsetof (llmq_config_t, budget_webhook), 0, 0 },
+    { S_TENANTS, "fair_share", S_BOOL, offsetof (llmq_config_t, fair_share), 0, 0 },
     { S_CACHE, "enabled", S_BOOL, offsetof (llmq_config_t, cache_enabled), 0, 0 },
     { S_CACHE, "auto_temperature_zero", S_BOOL, offsetof (llmq_config_t, cache_auto_temperature_zero), 0, 0 },
     { S_CACHE, "default_ttl", S_DURATION, offsetof (llmq_config_t, cache_default_ttl_ms), S_SECOND, S_YEAR },
@@ -1474,6 +1475,7 @@ llmq_config_new (void)
     self->liveness = 3;
     self->probe_interval_ms = 30 * S_SECOND;
     self->stream_weight = 1;
+    self->fair_share = true;
     self->cache_enabled = true;
     self->cache_default_ttl_ms = 1 * S_HOUR;
     self->cache_max_size = 64 * S_MIB;

@@ -148,6 +148,7 @@ typedef struct {
     uint32_t stream_weight;     /* a streamed job counts as this many requests (1) */
     uint32_t large_job_tokens;  /* a job estimated at N x this counts N more (0: off) */
     char    *budget_webhook;    /* URL POSTed each budget alert, or NULL */
+    bool     fair_share;        /* tenants take turns inside a priority (on) */
     /* [cache]: the broker's response cache (docs/config.md) */
     bool     cache_enabled;     /* cache at all (on): jobs that ask are cached */
     bool     cache_auto_temperature_zero; /* also jobs with "temperature": 0 (off) */

@@ -285,6 +285,67 @@ START_TEST (test_budget_alerts_webhook)
 }
 END_TEST
 
+/*  Org B's 10 jobs, submitted after org A's 10,000, all finish before A's
+    100th job after B's submission. */
+START_TEST (test_fair_share)
+{
+    harness_t *h = h_new (NULL);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    llmq *c = h_client (h);
+    enum { NA = 10000, NB = 10 };
+    llmq_job *jobs = calloc (NA, sizeof *jobs);
+    uint64_t *ids = calloc (NA, sizeof *ids);
+    for (int i = 0; i < NA; i++) {
+        jobs[i] = (llmq_job) { .model = "echo", .body = s_body, .org = "A", .batch_id = "A",
+                               .priority = LLMQ_PRIO_NORMAL };
+    }
+    ck_assert_int_eq (llmq_submit_many (c, jobs, NA, ids, 20000), LLMQ_OK);
+    for (int i = 0; i < NB; i++) {
+        jobs[i] = (llmq_job) { .model = "echo", .body = s_body, .org = "B", .batch_id = "B",
+                               .priority = LLMQ_PRIO_NORMAL };
+    }
+    uint64_t bids[NB];
+    ck_assert_int_eq (llmq_submit_many (c, jobs, NB, bids, 5000), LLMQ_OK);
+    uint64_t b_enqueued = UINT64_MAX, b_last = 0;
+    for (int i = 0; i < NB; i++) {
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, bids[i], T_WAIT, &r), LLMQ_OK);
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        b_enqueued = r->enqueued_us < b_enqueued ? r->enqueued_us : b_enqueued;
+        b_last = r->finished_us > b_last ? r->finished_us : b_last;
+        llmq_result_free (&r);
+    }
+    /*  A's jobs that finished between B's submission and B's last. */
+    int between = 0, seen = 0;
+    uint64_t after = 0;
+    int more = 1;
+    while (more) {
+        llmq_result **rs = NULL;
+        size_t n = 0;
+        uint64_t next = 0;
+        ck_assert_int_eq (llmq_fetch (c, "A", after, 1000, &rs, &n, &next, &more, NULL, 5000), LLMQ_OK);
+        for (size_t i = 0; i < n; i++) {
+            seen++;
+            if (rs[i]->finished_us > b_enqueued && rs[i]->finished_us <= b_last) {
+                between++;
+            }
+        }
+        llmq_results_free (rs, n);
+        if (n == 0) {
+            break;
+        }
+        after = next;
+    }
+    ck_assert_int_gt (seen, 0);
+    ck_assert_msg (between < 100, "%d of A's jobs finished while B's 10 waited", between);
+    free (jobs);
+    free (ids);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 int
 main (void)
 {
@@ -294,6 +355,7 @@ main (void)
     tcase_add_test (tc, test_free_tier_eleventh_refused);
     tcase_add_test (tc, test_cost_and_budget);
     tcase_add_test (tc, test_budget_alerts_webhook);
+    tcase_add_test (tc, test_fair_share);
     suite_add_tcase (s, tc);
     return h_run_suite (s);
 }
