@@ -1,5 +1,5 @@
-/*  bench_tenants.c -- llmq-bench-tenants: what quota and budget checks add
-    to a submit in the broker.
+/*  bench_tenants.c -- llmq-bench-tenants: what quota, budget and cache
+    checks add to a submit in the broker.
 
         llmq-bench-tenants [--users N] [--submits N] [--runs N]
 
@@ -7,10 +7,14 @@
     budgets, in 100 orgs with budgets. A submit is llmq_tenants_admit()
     for a random user and its org (the token estimate and cost passed in,
     as the broker computes them), with the clock advancing 1 µs per submit;
-    every tenth admitted job is settled, as jobs end. Prints ns per submit
-    per run, then the median.
+    every tenth admitted job is settled, as jobs end. Then the response
+    cache's key of a 1 KiB body (llmq_cache_key): for a body seen before
+    (the memo) and for a new one. Prints ns per submit per run, then the
+    medians.
 */
+#include "cache.h"
 #include "tenants.h"
+#include <stdbool.h>
 
 #include <getopt.h>
 #include <stdio.h>
@@ -114,7 +118,40 @@ main (int argc, char **argv)
         llmq_tenants_destroy (&t);
     }
     qsort (results, (size_t) runs, sizeof *results, s_cmp);
-    printf ("median: %.0f ns per submit\n", results[runs / 2]);
+    printf ("median: %.0f ns per submit (quota and budget)\n", results[runs / 2]);
+    /*  The cache key of a 1 KiB body: repeated, then always new. */
+    char body[1200], msg[900];
+    memset (msg, 'a', sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    for (size_t i = 0; i < sizeof msg - 1; i += 7) {
+        msg[i] = ' ';
+    }
+    double repeat[100] = { 0 }, fresh[100] = { 0 };
+    for (int run = 0; run < runs; run++) {
+        uint8_t key[LLMQ_CACHE_KEY_LEN];
+        bool tz;
+        snprintf (body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}],"
+                  "\"temperature\":0,\"max_tokens\":100}", msg);
+        uint64_t t0 = s_ns ();
+        for (int n = 0; n < 100000; n++) {
+            llmq_cache_key ("gpt", body, key, &tz);
+        }
+        uint64_t t1 = s_ns ();
+        repeat[run] = (double) (t1 - t0) / 100000.0;
+        for (int n = 0; n < 20000; n++) {
+            snprintf (body, sizeof body, "{\"messages\":[{\"role\":\"user\",\"content\":\"%d %s\"}],"
+                      "\"temperature\":0,\"max_tokens\":100}", n + run * 20000, msg);
+            uint64_t a = s_ns ();
+            llmq_cache_key ("gpt", body, key, &tz);
+            fresh[run] += (double) (s_ns () - a);
+        }
+        fresh[run] /= 20000.0;
+        printf ("run %d: cache key %.0f ns for a body seen before, %.0f ns for a new one (%zu bytes)\n",
+                run + 1, repeat[run], fresh[run], strlen (body));
+    }
+    qsort (repeat, (size_t) runs, sizeof *repeat, s_cmp);
+    qsort (fresh, (size_t) runs, sizeof *fresh, s_cmp);
+    printf ("median: cache key %.0f ns (seen before), %.0f ns (new body)\n", repeat[runs / 2], fresh[runs / 2]);
     free (names);
     free (orgs);
     free (users);
