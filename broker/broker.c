@@ -94,6 +94,7 @@ struct llmq_broker {
     llmq_tenants_t *tenants;        /* tier quotas, budgets */
     llmq_webhook_t *webhook;        /* [tenants] budget_webhook, or NULL */
     llmq_fair_t *fair;              /* fair share between tenants ([tenants] fair_share) */
+    zlistx_t *event_subs;           /* zframe_t*: clients that asked for EVENTs */
     zhashx_t *avoid;                /* job id -> deployment index + 1 its last attempt failed on */
     json_t *history;                /* breaker state changes, oldest first */
     bool history_dirty;
@@ -890,9 +891,28 @@ s_client_admin (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now
     char why[512] = "";
     int code = 0;
     json_t *rep = NULL;
+    const char *op = json_string_value (json_object_get (req, "op"));
     if (!json_is_object (req)) {
         code = LLMQ_ERR_INVALID;
         snprintf (why, sizeof why, "admin request is not a JSON object");
+    }
+    else
+    if (op && strcmp (op, "events.subscribe") == 0) {
+        /*  This client (its routing id) gets every EVENT from now on, as
+            long as the broker runs; at most 256 subscribers, the oldest
+            dropped first. */
+        bool known = false;
+        for (zframe_t *sub = (zframe_t *) zlistx_first (self->event_subs); sub;
+             sub = (zframe_t *) zlistx_next (self->event_subs)) {
+            known |= zframe_eq (sub, from);
+        }
+        if (!known) {
+            if (zlistx_size (self->event_subs) >= 256 && zlistx_first (self->event_subs)) {
+                zlistx_delete (self->event_subs, zlistx_cursor (self->event_subs));
+            }
+            zlistx_add_end (self->event_subs, zframe_dup (from));
+        }
+        rep = json_pack ("{s:b, s:I}", "subscribed", 1, "subscribers", (json_int_t) zlistx_size (self->event_subs));
     }
     else {
         llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, now,
@@ -1997,7 +2017,14 @@ done:
     return router;
 }
 
-/*  A budget crossed 80, 90 or 100 %: logged and counted. */
+static void
+s_frame_free (void **item)
+{
+    zframe_destroy ((zframe_t **) item);
+}
+
+/*  A budget crossed 80, 90 or 100 %: logged, counted, pushed as an EVENT
+    to subscribed clients and POSTed to the webhook. */
 static void
 s_on_budget_alert (void *arg, const char *kind, const char *name, const char *period, int pct,
                    int64_t spent, int64_t budget, uint64_t now_ms)
@@ -2005,18 +2032,23 @@ s_on_budget_alert (void *arg, const char *kind, const char *name, const char *pe
     llmq_broker_t *self = (llmq_broker_t *) arg;
     (void) now_ms;
     self->n_budget_alerts++;
-    if (self->webhook) {
-        json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I}", "type", "budget_alert",
-                               "kind", kind, "name", name, "period", period, "pct", pct,
-                               "spent_micro", (json_int_t) spent, "budget_micro", (json_int_t) budget,
-                               "at_ms", (json_int_t) now_ms);
-        char *text = j ? json_dumps (j, JSON_COMPACT) : NULL;
-        if (text) {
-            llmq_webhook_post (self->webhook, text, llmq_mono_ms ());
-        }
-        free (text);
-        json_decref (j);
+    json_t *j = json_pack ("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:I}", "type", "budget_alert",
+                           "kind", kind, "name", name, "period", period, "pct", pct,
+                           "spent_micro", (json_int_t) spent, "budget_micro", (json_int_t) budget,
+                           "at_ms", (json_int_t) now_ms);
+    char *text = j ? json_dumps (j, JSON_COMPACT) : NULL;
+    json_decref (j);
+    if (text && self->webhook) {
+        llmq_webhook_post (self->webhook, text, llmq_mono_ms ());
     }
+    for (zframe_t *sub = (zframe_t *) zlistx_first (self->event_subs); text && sub;
+         sub = (zframe_t *) zlistx_next (self->event_subs)) {
+        llmq_msg_t ev = { 0 };
+        ev.cmd = LLMQ_CMD_EVENT;
+        ev.json = text;
+        s_send (self, self->frontend, sub, &ev);
+    }
+    free (text);
     llmq_warn ("budget alert: %s %s has spent %d %% of its %s budget ($%.6f of $%.6f)%s", kind, name, pct,
                period[0] == 'd' ? "daily" : "monthly", (double) spent / 1e6, (double) budget / 1e6,
                pct >= 100 ? "; its new jobs are refused" : "");
@@ -2202,6 +2234,8 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     self->router = s_router_new (config);
     self->tenants = s_tenants_new (config);
     self->fair = config->fair_share ? llmq_fair_new () : NULL;
+    self->event_subs = zlistx_new ();
+    zlistx_set_destructor (self->event_subs, s_frame_free);
     if (!self->router || !self->history || !self->tenants) {
         snprintf (err, errlen, "out of memory");
         llmq_broker_destroy (&self);
@@ -2248,6 +2282,7 @@ llmq_broker_destroy (llmq_broker_t **self_p)
         llmq_router_destroy (&self->router);
         llmq_tenants_destroy (&self->tenants);
         llmq_fair_destroy (&self->fair);
+        zlistx_destroy (&self->event_subs);
         if (self->webhook) {
             llmq_webhook_destroy (&self->webhook);
             curl_global_cleanup ();

@@ -29,6 +29,7 @@ static const char s_usage[] =
     "  breaker reset|history   the broker's circuit breakers\n"
     "  report --from --to      requests, tokens and cost per org, user or model\n"
     "  quota USER              a user's tier limits, usage and budgets\n"
+    "  events                  print the broker's notices (budget alerts) as they come\n"
     "  version                 print the client version\n"
     "\n"
     "Global options (also accepted after the command):\n"
@@ -270,6 +271,9 @@ main (int argc, char **argv)
     }
     if (strcmp (command, "quota") == 0) {
         return cmd_quota (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "events") == 0) {
+        return cmd_events (&cli, cargc, cargv);
     }
     if (strcmp (command, "version") == 0) {
         return s_version ();

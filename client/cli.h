@@ -74,5 +74,6 @@ int  cmd_dead   (cli_t *cli, int argc, char **argv);
 int  cmd_breaker (cli_t *cli, int argc, char **argv);
 int  cmd_report (cli_t *cli, int argc, char **argv);
 int  cmd_quota  (cli_t *cli, int argc, char **argv);
+int  cmd_events (cli_t *cli, int argc, char **argv);
 
 #endif

@@ -340,3 +340,97 @@ cmd_quota (cli_t *cli, int argc, char **argv)
     llmq_close (&h);
     return rc;
 }
+
+/* ------------------------------------------------------------------ events */
+
+static const char s_events_usage[] =
+    "Usage: llmq events [--count N] [--for DUR]\n"
+    "\n"
+    "Subscribe to the broker's notices (budget alerts) and print each as one\n"
+    "line of JSON as it comes, until N were printed or DUR has passed (default:\n"
+    "until interrupted).\n"
+    "\n"
+    "Options:\n"
+    "      --count N          stop after N notices\n"
+    "      --for DUR          stop after DUR (30s, 5m...)\n"
+    "      --broker ENDPOINT, --timeout DUR, -h, --help   as for 'llmq'\n"
+    "\n"
+    "Exit status: 0 ok, 2 usage error, 3 unreachable.\n";
+
+int
+cmd_events (cli_t *cli, int argc, char **argv)
+{
+    enum { OPT_COUNT = 0x2001, OPT_FOR };
+    static const struct option options[] = {
+        CLI_GLOBAL_OPTIONS,
+        { "count", required_argument, NULL, OPT_COUNT },
+        { "for",   required_argument, NULL, OPT_FOR },
+        { NULL, 0, NULL, 0 }
+    };
+    unsigned long count = 0;
+    int64_t for_ms = 0;
+    int opt;
+    while ((opt = getopt_long (argc, argv, ":h", options, NULL)) != -1) {
+        if (opt == 'h') {
+            fputs (s_events_usage, stdout);
+            return CLI_EXIT_OK;
+        }
+        if (opt == OPT_COUNT) {
+            char *end = NULL;
+            count = strtoul (optarg, &end, 10);
+            if (!end || *end || count == 0) {
+                return cli_usage_error (cli, "--count: '%s' is not a positive number", optarg);
+            }
+            continue;
+        }
+        if (opt == OPT_FOR) {
+            if (cli_parse_duration_ms (optarg, &for_ms) != 0 || for_ms <= 0) {
+                return cli_usage_error (cli, "--for: '%s' is not a duration such as 30s", optarg);
+            }
+            continue;
+        }
+        int rc = cli_option (cli, opt, optarg, argv);
+        if (rc >= 0) {
+            return rc;
+        }
+    }
+    if (optind < argc) {
+        return cli_usage_error (cli, "unexpected argument '%s'", argv[optind]);
+    }
+    llmq *h = NULL;
+    int rc = cli_connect (cli, &h);
+    if (rc != CLI_EXIT_OK) {
+        return rc;
+    }
+    json_t *rep;
+    rc = s_admin (h, cli, json_pack ("{s:s}", "op", "events.subscribe"), &rep, "events");
+    json_decref (rep);
+    struct timespec t0;
+    clock_gettime (CLOCK_MONOTONIC, &t0);
+    unsigned long printed = 0;
+    while (rc == CLI_EXIT_OK && (!count || printed < count)) {
+        int wait = 1000;
+        if (for_ms) {
+            struct timespec t;
+            clock_gettime (CLOCK_MONOTONIC, &t);
+            int64_t spent = (int64_t) (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+            if (spent >= for_ms) {
+                break;
+            }
+            wait = for_ms - spent < 1000 ? (int) (for_ms - spent) : 1000;
+        }
+        llmq_event *ev = NULL;
+        int got = llmq_next (h, wait, &ev);
+        if (got == LLMQ_OK && ev->type == LLMQ_EV_NOTICE) {
+            printf ("%s\n", ev->text);
+            fflush (stdout);
+            printed++;
+        }
+        llmq_event_free (&ev);
+        if (got != LLMQ_OK && got != LLMQ_ERR_TIMEOUT) {
+            rc = cli_fail (h, got, "events");
+        }
+    }
+    llmq_close (&h);
+    return rc;
+}

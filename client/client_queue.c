@@ -70,6 +70,7 @@ client_result_new (const llmq_result_t *r)
     res->attempts = r->attempts;
     res->prompt_tokens = r->prompt_tokens;
     res->completion_tokens = r->completion_tokens;
+    res->cached_tokens = r->cached_tokens;
     res->enqueued_us = r->enqueued_us;
     res->started_us = r->started_us;
     res->finished_us = r->finished_us;
@@ -154,6 +155,21 @@ client_event_reset (uint64_t id, const char *reason)
     char *cursor = (char *) (ev + 1);
     ev->id = id;
     ev->reason = s_pack (&cursor, reason);
+    return ev;
+}
+
+llmq_event *
+client_event_notice (const char *json)
+{
+    if (!json) {
+        json = "{}";
+    }
+    llmq_event *ev = s_event_alloc (LLMQ_EV_NOTICE, s_len (json));
+    if (!ev) {
+        return NULL;
+    }
+    char *cursor = (char *) (ev + 1);
+    ev->text = s_pack (&cursor, json);
     return ev;
 }
 

@@ -55,6 +55,7 @@ llmq_event  *client_event_rejected (uint64_t ticket, int code, const char *reaso
                                     long index, uint64_t retry_after_ms);
 llmq_event  *client_event_chunk (uint64_t id, unsigned seq, const char *text);
 llmq_event  *client_event_reset (uint64_t id, const char *reason);
+llmq_event  *client_event_notice (const char *json);
 /*  Takes ownership of `result` (freed on failure too). */
 llmq_event  *client_event_result (llmq_result *result);
 

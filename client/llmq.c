@@ -447,6 +447,9 @@ s_stash (llmq *h, const llmq_msg_t *m)
             }
             ev = client_event_reset (m->id, m->reason ? m->reason : "");
             break;
+        case LLMQ_CMD_EVENT:
+            ev = client_event_notice (m->json);
+            break;
         case LLMQ_CMD_RESULT: {
             /* A RESULT with a corr answers a STATUS that timed out. */
             if (m->corr != 0 || m->nresults < 1 || !s_is_final (m->results[0].state)

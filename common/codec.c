@@ -134,6 +134,7 @@ llmq_cmd_name (int cmd)
         case LLMQ_CMD_PING:      return "PING";
         case LLMQ_CMD_ADMIN:     return "ADMIN";
         case LLMQ_CMD_ADMIN_REP: return "ADMIN_REP";
+        case LLMQ_CMD_EVENT:     return "EVENT";
         case LLMQ_CMD_ACCEPTED:  return "ACCEPTED";
         case LLMQ_CMD_REJECTED:  return "REJECTED";
         case LLMQ_CMD_CHUNK:     return "CHUNK";
@@ -326,6 +327,7 @@ s_encode_result (const llmq_result_t *r, bool quota, llmq_buf_t *out)
     s_put_u (&m, "att", r->attempts);
     s_put_u (&m, "ptok", r->prompt_tokens);
     s_put_u (&m, "ctok", r->completion_tokens);
+    s_put_u (&m, "ctk", r->cached_tokens);
     s_put_u (&m, "enq", r->enqueued_us);
     s_put_u (&m, "start", r->started_us);
     s_put_u (&m, "fin", r->finished_us);
@@ -591,6 +593,7 @@ s_decode_result (s_dec_t *d, const msgpack_object *map, llmq_result_t *r)
         GET_U ("att", r->attempts, UINT32_MAX);
         GET_U ("ptok", r->prompt_tokens, UINT32_MAX);
         GET_U ("ctok", r->completion_tokens, UINT32_MAX);
+        GET_U ("ctk", r->cached_tokens, UINT32_MAX);
         GET_U ("enq", r->enqueued_us, UINT64_MAX);
         GET_U ("start", r->started_us, UINT64_MAX);
         GET_U ("fin", r->finished_us, UINT64_MAX);
@@ -755,6 +758,7 @@ s_required (int cmd)
         case LLMQ_CMD_STATS_REP: return F_JSON;
         case LLMQ_CMD_ADMIN:     return F_JSON;
         case LLMQ_CMD_ADMIN_REP: return F_JSON;
+        case LLMQ_CMD_EVENT:     return F_JSON;
         case LLMQ_CMD_ERROR:     return F_CODE;
         case LLMQ_CMD_DONE:      return F_ID | F_LEASE | F_RESULTS;
         case LLMQ_CMD_FAILED:    return F_ID | F_LEASE | F_RESULTS;

@@ -56,6 +56,7 @@ typedef enum {
     LLMQ_CMD_PONG       = 0x48,   /* corr */
     LLMQ_CMD_RESET      = 0x49,   /* id, reason: a restartable stream starts over */
     LLMQ_CMD_ADMIN_REP  = 0x4A,   /* corr, json */
+    LLMQ_CMD_EVENT      = 0x4B,   /* json: a notice to clients that subscribed (budget alerts) */
     LLMQ_CMD_ERROR      = 0x4F,   /* code, reason: protocol error, to any peer */
     /* worker -> broker */
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
@@ -143,6 +144,8 @@ typedef struct {
     uint32_t attempts;          /* dispatches it took */
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
+    uint32_t cached_tokens;     /* prompt tokens read from the provider's
+                                   prompt cache (part of prompt_tokens) */
     uint64_t enqueued_us;       /* unix µs */
     uint64_t started_us;        /* unix µs of the last dispatch */
     uint64_t finished_us;       /* unix µs */

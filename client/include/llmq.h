@@ -192,6 +192,10 @@ typedef struct {
     uint64_t cost_micro;
     /** Non-zero: answered from the response cache, without a provider call. */
     int      cached;
+    /** Prompt tokens the provider read from its prompt cache, part of
+        prompt_tokens (0 if it reported none); they cost the deployment's
+        price_cached_input. Added last so the offsets above hold. */
+    unsigned cached_tokens;
 } llmq_result;
 
 /** What llmq_next() returns. */
@@ -200,9 +204,15 @@ typedef enum {
     LLMQ_EV_REJECTED = 2,   /**< a llmq_send() was refused: code, reason */
     LLMQ_EV_CHUNK    = 3,   /**< a piece of a streamed job: id, seq, text */
     LLMQ_EV_RESULT   = 4,   /**< a job ended: result */
-    LLMQ_EV_RESET    = 5    /**< a streamed job starts over (#LLMQ_STREAM_RESTART):
+    LLMQ_EV_RESET    = 5,   /**< a streamed job starts over (#LLMQ_STREAM_RESTART):
                                  id, reason; drop its chunks so far, seq
                                  starts again at 0 */
+    LLMQ_EV_NOTICE   = 6    /**< a broker notice, for handles that subscribed
+                                 with llmq_admin() `{"op":"events.subscribe"}`:
+                                 text is its JSON (a budget alert:
+                                 `{"type":"budget_alert","kind","name",
+                                 "period","pct","spent_micro","budget_micro",
+                                 "at_ms"}`) */
 } llmq_event_type;
 
 typedef struct {

@@ -230,6 +230,12 @@ START_TEST (test_budget_alerts_webhook)
     ck_assert_int_eq (h_start_broker (h, NULL), 0);
     ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
     llmq *c = h_client (h);
+    /*  Another handle subscribes to the broker's notices. */
+    llmq *watch = h_client (h);
+    char *answer = NULL;
+    ck_assert_int_eq (llmq_admin (watch, "{\"op\":\"events.subscribe\"}", &answer, 5000), LLMQ_OK);
+    ck_assert_ptr_nonnull (strstr (answer, "\"subscribed\":true"));
+    llmq_free (answer);
     /*  Spend 20, 40 (80 %), 60 (120 %: 90 and 100 %); the 4th is refused. */
     for (int i = 0; i < 4; i++) {
         llmq_job j;
@@ -280,6 +286,19 @@ START_TEST (test_budget_alerts_webhook)
         which may be just after the mock kept the body. */
     ck_assert (h_wait_stat (c, "webhook.sent", 3, T_WAIT));
     ck_assert_int_eq (h_stat (c, "webhook.retried"), 1);
+    /*  The same three notices reached the subscriber, in order. */
+    int want[3] = { 80, 90, 100 };
+    for (int k = 0; k < 3; k++) {
+        llmq_event *ev = NULL;
+        ck_assert_int_eq (llmq_next (watch, T_WAIT, &ev), LLMQ_OK);
+        ck_assert_int_eq (ev->type, LLMQ_EV_NOTICE);
+        json_t *n = json_loads (ev->text, 0, NULL);
+        ck_assert_str_eq (json_string_value (json_object_get (n, "type")), "budget_alert");
+        ck_assert_int_eq (json_integer_value (json_object_get (n, "pct")), want[k]);
+        json_decref (n);
+        llmq_event_free (&ev);
+    }
+    llmq_close (&watch);
     llmq_close (&c);
     h_destroy (&h);
 }

@@ -44,6 +44,7 @@ static const struct {
     { LLMQ_CMD_RESET,     "id" },
     { LLMQ_CMD_ADMIN,     "json" },
     { LLMQ_CMD_ADMIN_REP, "json" },
+    { LLMQ_CMD_EVENT,     "json" },
     { LLMQ_CMD_ERROR,     "code" },
     { LLMQ_CMD_HELLO,     "" },
     { LLMQ_CMD_CREDIT,    "" },
@@ -118,6 +119,7 @@ s_full_result (uint64_t n)
         .attempts = 3,
         .prompt_tokens = 1234567,
         .completion_tokens = UINT32_MAX,
+        .cached_tokens = 1000,
         .enqueued_us = 1767225500000000ull,
         .started_us = 1767225501000000ull,
         .finished_us = 1767225502000000ull,
@@ -291,6 +293,7 @@ s_assert_result_eq (const llmq_result_t *a, const llmq_result_t *b, bool quota)
     ck_assert_uint_eq (a->attempts, b->attempts);
     ck_assert_uint_eq (a->prompt_tokens, b->prompt_tokens);
     ck_assert_uint_eq (a->completion_tokens, b->completion_tokens);
+    ck_assert_uint_eq (a->cached_tokens, b->cached_tokens);
     ck_assert_uint_eq (a->enqueued_us, b->enqueued_us);
     ck_assert_uint_eq (a->started_us, b->started_us);
     ck_assert_uint_eq (a->finished_us, b->finished_us);
