@@ -80,7 +80,7 @@ main (int argc, char **argv)
     }
     llmq_dep_policy_t *deps = calloc (ndeps, sizeof *deps);
     size_t *members = calloc (ndeps, sizeof *members);
-    char (*names)[16] = calloc (ndeps, sizeof *names);
+    char (*names)[32] = calloc (ndeps, sizeof *names);
     double *results = calloc ((size_t) runs, sizeof *results);
     if (!deps || !members || !names || !results) {
         return 1;

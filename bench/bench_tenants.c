@@ -69,8 +69,8 @@ main (int argc, char **argv)
         fputs (s_usage, stderr);
         return 2;
     }
-    char (*names)[24] = calloc (nusers, sizeof *names);
-    char (*orgs)[24] = calloc (100, sizeof *orgs);
+    char (*names)[32] = calloc (nusers, sizeof *names);
+    char (*orgs)[32] = calloc (100, sizeof *orgs);
     llmq_user_conf_t *users = calloc (nusers, sizeof *users);
     llmq_org_conf_t *org_conf = calloc (100, sizeof *org_conf);
     double *results = calloc ((size_t) runs, sizeof *results);

@@ -1366,9 +1366,14 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
         }
     }
     /*  Its cost: the tokens it used at the serving deployment's prices
-        (USD per million tokens, so tokens x price is micro-USD). */
+        (USD per million tokens, so tokens x price is micro-USD). Prompt
+        tokens read from the provider's cache are part of prompt_tokens and
+        cost price_cached_input (price_input when that is 0); rounded once. */
     const llmq_deployment_t *dd = &self->config->deployments[l->dep];
-    res->cost_micro = (uint64_t) ((double) res->prompt_tokens * dd->price_input
+    uint32_t cached = res->cached_tokens < res->prompt_tokens ? res->cached_tokens : res->prompt_tokens;
+    double cached_price = dd->price_cached_input > 0 ? dd->price_cached_input : dd->price_input;
+    res->cost_micro = (uint64_t) ((double) (res->prompt_tokens - cached) * dd->price_input
+                                  + (double) cached * cached_price
                                   + (double) res->completion_tokens * dd->price_output + 0.5);
     bool saved = s_save (self, false);
     llmq_result_t final;

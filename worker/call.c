@@ -108,6 +108,7 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
         .http_status = status > 0 && status < 65536 ? (uint16_t) status : 0,
         .prompt_tokens = reply->prompt_tokens,
         .completion_tokens = reply->completion_tokens,
+        .cached_tokens = reply->cached_tokens,
         .latency_us = latency_us,
         .rl_requests = rl ? rl->remaining_requests : -1,
         .rl_tokens = rl ? rl->remaining_tokens : -1,

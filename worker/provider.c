@@ -97,7 +97,7 @@ llmq_reply_reset (llmq_reply_t *r)
     r->ntools = 0;
     r->finish_reason[0] = '\0';
     r->request_id[0] = '\0';
-    r->prompt_tokens = r->completion_tokens = 0;
+    r->prompt_tokens = r->completion_tokens = r->cached_tokens = 0;
     r->finished = false;
     r->error_class = LLMQ_EC_NONE;
     r->error[0] = '\0';

@@ -64,6 +64,8 @@ typedef struct {
     char     request_id[128];   /* provider's id for the answer ("" if none) */
     uint32_t prompt_tokens;
     uint32_t completion_tokens;
+    uint32_t cached_tokens;     /* prompt tokens read from the provider's
+                                   prompt cache (part of prompt_tokens) */
     bool     finished;          /* a finish_reason arrived: the answer is whole */
     int      error_class;       /* llmq_error_class; LLMQ_EC_NONE while fine */
     char     error[256];        /* short reason when error_class is set */

@@ -50,6 +50,7 @@
     Token counts: prompt_tokens is input_tokens plus the prompt-cache
     fields (cache_creation_input_tokens, cache_read_input_tokens), which
     Anthropic reports apart; OpenAI's prompt_tokens includes cached tokens.
+    cached_tokens is cache_read_input_tokens (cache writes are not reads).
 
     A stream's answer counts as whole once message_delta brings a
     stop_reason (or message_stop arrives): the text and the usage are all
@@ -756,6 +757,7 @@ s_usage (json_t *usage, llmq_reply_t *reply)
                    + s_count (usage, "cache_creation_input_tokens")
                    + s_count (usage, "cache_read_input_tokens");
         reply->prompt_tokens = p <= UINT32_MAX ? (uint32_t) p : UINT32_MAX;
+        reply->cached_tokens = s_count (usage, "cache_read_input_tokens");
     }
     if (json_object_get (usage, "output_tokens")) {
         reply->completion_tokens = s_count (usage, "output_tokens");

@@ -661,13 +661,16 @@ s_count (json_t *usage, const char *key)
 }
 
 /*  Token counts. Thinking models bill their thoughts as output tokens, so
-    thoughtsTokenCount is counted as completion tokens too. A stream repeats
+    thoughtsTokenCount is counted as completion tokens too.
+    cachedContentTokenCount is the part of promptTokenCount read from a
+    context cache. A stream repeats
     usageMetadata; the last one is complete and wins. */
 static void
 s_usage (json_t *usage, llmq_reply_t *reply)
 {
     if (json_is_object (usage)) {
         reply->prompt_tokens = s_count (usage, "promptTokenCount");
+        reply->cached_tokens = s_count (usage, "cachedContentTokenCount");
         uint64_t c = (uint64_t) s_count (usage, "candidatesTokenCount")
                    + s_count (usage, "thoughtsTokenCount");
         reply->completion_tokens = c > UINT32_MAX ? UINT32_MAX : (uint32_t) c;

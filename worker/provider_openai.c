@@ -10,7 +10,8 @@
 
     Answers:
       non-streamed  {"id", "choices":[{"message":{"content","tool_calls"},"finish_reason"}],
-                     "usage":{"prompt_tokens","completion_tokens"}}
+                     "usage":{"prompt_tokens","completion_tokens",
+                              "prompt_tokens_details":{"cached_tokens"}}}
       streamed      data: {"id","choices":[{"delta":{"content"},"finish_reason"}]}
                     ... data: {"choices":[],"usage":{...}}   data: [DONE]
                     tool calls come as delta.tool_calls[{"index","id","function":
@@ -232,6 +233,10 @@ s_usage (json_t *usage, llmq_reply_t *reply)
         json_int_t c = json_integer_value (json_object_get (usage, "completion_tokens"));
         reply->prompt_tokens = p > 0 && p <= UINT32_MAX ? (uint32_t) p : 0;
         reply->completion_tokens = c > 0 && c <= UINT32_MAX ? (uint32_t) c : 0;
+        /*  Cached prompt tokens are part of prompt_tokens. */
+        json_t *details = json_object_get (usage, "prompt_tokens_details");
+        json_int_t k = json_integer_value (json_object_get (details, "cached_tokens"));
+        reply->cached_tokens = k > 0 && k <= UINT32_MAX ? (uint32_t) k : 0;
     }
 }
 

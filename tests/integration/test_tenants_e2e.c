@@ -1,5 +1,5 @@
 /*  test_tenants.c -- quotas, costs and budgets through a real broker and
-    worker (echo provider) on 127.0.0.1.
+    worker (echo provider; the mock for cached prompt tokens) on 127.0.0.1.
 */
 #include "harness.h"
 
@@ -211,6 +211,45 @@ s_mock_get (harness_t *h, const char *path)
     return out;
 }
 
+/*  Cached prompt tokens at their own price: the mock (OpenAI dialect)
+    reports 8 of the 10 prompt words as cached ([[mock:cached=8]], not a
+    word itself); the reply "mock reply: <the 10 words>" is 12 words. So
+    2 x 1.25 + 8 x 0.25 + 12 x 0.5 = 10.5 -> 11 micro-dollars (all 10 at
+    price_input would be 19). */
+START_TEST (test_cached_tokens_cost)
+{
+    harness_t *h = h_new (NULL);
+    FILE *f = fopen (h->conf, "a");
+    ck_assert_ptr_nonnull (f);
+    fprintf (f, "\n[deployment cmock]\nprovider = openai\nmodel = mock-model\n"
+                "base_url = http://127.0.0.1:%d/v1\napi_key_env = LLMQ_TEST_KEY\n"
+                "price_input = 1.25\nprice_cached_input = 0.25\nprice_output = 0.5\n"
+                "\n[group cmock]\ndeployments = cmock\n", h->mock_port);
+    ck_assert_int_eq (fclose (f), 0);
+    ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    llmq *c = h_client (h);
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "cmock";
+    j.body = "{\"messages\":[{\"role\":\"user\",\"content\":"
+             "\"one two three four five six seven eight nine ten [[mock:cached=8]]\"}]}";
+    uint64_t id;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    ck_assert_uint_eq (r->prompt_tokens, 10);
+    ck_assert_uint_eq (r->cached_tokens, 8);
+    ck_assert_uint_eq (r->completion_tokens, 12);
+    ck_assert_uint_eq (r->cost_micro, 11);
+    llmq_result_free (&r);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 /*  Budget alerts at 80, 90 and 100 %, each once, POSTed to the webhook,
     the first POST refused and retried. Prices make each job cost twice
     its estimate (1 completion token estimated, 2 used), so the spend can
@@ -373,6 +412,7 @@ main (void)
     tcase_set_timeout (tc, 60);
     tcase_add_test (tc, test_free_tier_eleventh_refused);
     tcase_add_test (tc, test_cost_and_budget);
+    tcase_add_test (tc, test_cached_tokens_cost);
     tcase_add_test (tc, test_budget_alerts_webhook);
     tcase_add_test (tc, test_fair_share);
     suite_add_tcase (s, tc);

@@ -26,6 +26,7 @@ mock_plan_clear (mock_plan_t *plan)
     plan->latency_ms = -1;
     plan->chunk_delay_ms = -1;
     plan->chunks = -1;
+    plan->cached = -1;
 }
 
 void
@@ -54,6 +55,9 @@ mock_plan_merge (mock_plan_t *dst, const mock_plan_t *src)
     }
     if (src->chunks >= 0) {
         dst->chunks = src->chunks;
+    }
+    if (src->cached >= 0) {
+        dst->cached = src->cached;
     }
 }
 
@@ -163,6 +167,12 @@ s_apply_item (const char *item, size_t len, mock_plan_t *plan)
     if (s_key_is (item, key_len, "chunks")) {
         if (s_parse_int (value, value_len, 1, MOCK_CHUNKS_MAX, &n) == 0) {
             plan->chunks = n;
+        }
+    }
+    else
+    if (s_key_is (item, key_len, "cached")) {
+        if (s_parse_int (value, value_len, 0, 1000000000, &n) == 0) {
+            plan->cached = n;
         }
     }
     else

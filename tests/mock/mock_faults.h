@@ -11,7 +11,8 @@
         [[mock:ITEM]]  or  [[mock:ITEM,ITEM,...]]
         ITEM = KEY | KEY=VALUE
     Known keys: fail=STATUS|quota, retry_after=S, latency=MS, chunk_delay=MS,
-    chunks=N, hang, drop, drop_after=K, error_after=K, malformed. Unknown
+    chunks=N, hang, drop, drop_after=K, error_after=K, malformed, cached=N
+    (not a fault: the usage reports N of the prompt tokens as cached). Unknown
     keys and bad values are ignored (the text is still removed): the mock
     must never refuse a request because a test misspelt a directive.
 */
@@ -45,6 +46,8 @@ typedef struct {
     int latency_ms;         /* delay before the response headers */
     int chunk_delay_ms;     /* delay before each SSE event after the first */
     int chunks;             /* number of content pieces in a stream */
+    int cached;             /* prompt tokens the usage reports as read from the
+                               prompt cache (at most the prompt's) */
 } mock_plan_t;
 
 /*  The longest we ever hold a hanging request (the brief says 600 s). */

@@ -309,11 +309,16 @@ s_parse (const char *url, const char *body, size_t len, mock_chat_t *chat,
 static json_t *
 s_usage (const mock_chat_t *chat)
 {
-    return json_pack ("{s:I, s:I, s:I, s:{s:i, s:i}, s:{s:i, s:i, s:i, s:i}}",
+    //  [[mock:cached=N]]: N of the prompt tokens came from the cache
+    size_t cached = chat->plan.cached > 0 ? (size_t) chat->plan.cached : 0;
+    if (cached > chat->prompt_words) {
+        cached = chat->prompt_words;
+    }
+    return json_pack ("{s:I, s:I, s:I, s:{s:I, s:i}, s:{s:i, s:i, s:i, s:i}}",
         "prompt_tokens", (json_int_t) chat->prompt_words,
         "completion_tokens", (json_int_t) chat->completion_words,
         "total_tokens", (json_int_t) (chat->prompt_words + chat->completion_words),
-        "prompt_tokens_details", "cached_tokens", 0, "audio_tokens", 0,
+        "prompt_tokens_details", "cached_tokens", (json_int_t) cached, "audio_tokens", 0,
         "completion_tokens_details", "reasoning_tokens", 0, "audio_tokens", 0,
             "accepted_prediction_tokens", 0, "rejected_prediction_tokens", 0);
 }

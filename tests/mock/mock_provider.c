@@ -251,6 +251,7 @@ s_chat (mock_server_t *server, struct MHD_Connection *conn,
     plan.latency_ms = atomic_load (&server->latency_ms);
     plan.chunk_delay_ms = atomic_load (&server->chunk_delay_ms);
     plan.chunks = atomic_load (&server->chunks);
+    plan.cached = -1;
 
     enum MHD_Result rc = MHD_NO;
     int conn_fd = s_conn_fd (conn);

@@ -412,6 +412,7 @@ START_TEST (test_parse_message)
     ck_assert_str_eq (reply.content.p, "I'll check the weather in San Francisco. One moment.");
     ck_assert_str_eq (reply.finish_reason, "tool_calls");
     ck_assert_uint_eq (reply.prompt_tokens, 472 + 100 + 1000);
+    ck_assert_uint_eq (reply.cached_tokens, 1000);          /* reads; writes are not */
     ck_assert_uint_eq (reply.completion_tokens, 91);
     /*  The tool_use block as an OpenAI tool call; its input as JSON text. */
     ck_assert_str_eq (reply.tool_calls.p,
@@ -611,6 +612,43 @@ START_TEST (test_parse_stream)
 }
 END_TEST
 
+/*  Prompt caching in a stream: message_start's usage brings the cache
+    read (input_tokens excludes it); a message_delta with output_tokens only
+    keeps it, one repeating the input counts (cumulative) sets it again. */
+START_TEST (test_parse_stream_cached_tokens)
+{
+    const char *start =
+        "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_c1\",\"type\":\"message\","
+        "\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,"
+        "\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,"
+        "\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}";
+    const char *delta = "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\","
+                        "\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}";
+    const char *cumulative =
+        "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+        "\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":10,"
+        "\"cache_read_input_tokens\":1990,\"output_tokens\":15}}";
+    llmq_reply_t reply = { 0 };
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (anthropic->parse_event ("message_start", start, strlen (start), &reply, NULL, NULL), 0);
+    ck_assert_uint_eq (reply.prompt_tokens, 2025);
+    ck_assert_uint_eq (reply.cached_tokens, 2000);
+    ck_assert_int_eq (anthropic->parse_event ("message_delta", delta, strlen (delta), &reply, NULL, NULL), 0);
+    ck_assert (reply.finished);
+    ck_assert_uint_eq (reply.prompt_tokens, 2025);
+    ck_assert_uint_eq (reply.cached_tokens, 2000);
+    ck_assert_uint_eq (reply.completion_tokens, 15);
+
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (anthropic->parse_event ("message_start", start, strlen (start), &reply, NULL, NULL), 0);
+    ck_assert_int_eq (anthropic->parse_event ("message_delta", cumulative, strlen (cumulative), &reply,
+                                              NULL, NULL), 0);
+    ck_assert_uint_eq (reply.prompt_tokens, 25 + 10 + 1990);
+    ck_assert_uint_eq (reply.cached_tokens, 1990);
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 START_TEST (test_parse_stream_error_event)
 {
     size_t len;
@@ -767,6 +805,7 @@ s_suite (void)
     tcase_add_test (tc, test_parse_bad_responses);
     tcase_add_test (tc, test_parse_stream);
     tcase_add_test (tc, test_parse_stream_tool_use);
+    tcase_add_test (tc, test_parse_stream_cached_tokens);
     tcase_add_test (tc, test_parse_stream_error_event);
     suite_add_tcase (s, tc);
 

@@ -609,6 +609,33 @@ START_TEST (test_stream_bad_events)
 }
 END_TEST
 
+/*  Context caching: usageMetadata.cachedContentTokenCount is the part of
+    promptTokenCount read from the cache, in a body and in a stream. */
+START_TEST (test_cached_tokens)
+{
+    const char *body =
+        "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"},"
+        "\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":2100,"
+        "\"candidatesTokenCount\":5,\"totalTokenCount\":2105,\"cachedContentTokenCount\":2048},"
+        "\"modelVersion\":\"gemini-2.0-flash\",\"responseId\":\"c1\"}";
+    llmq_reply_t reply = { 0 };
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (gemini->parse_response (body, strlen (body), &reply), 0);
+    ck_assert_uint_eq (reply.prompt_tokens, 2100);
+    ck_assert_uint_eq (reply.cached_tokens, 2048);
+    ck_assert_uint_eq (reply.completion_tokens, 5);
+    /*  Streamed: the last usageMetadata wins. */
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (gemini->parse_event (NULL, body, strlen (body), &reply, NULL, NULL), 0);
+    ck_assert_uint_eq (reply.cached_tokens, 2048);
+    const char *plain = "{\"usageMetadata\":{\"promptTokenCount\":4,\"totalTokenCount\":4}}";
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (gemini->parse_event (NULL, plain, strlen (plain), &reply, NULL, NULL), 0);
+    ck_assert_uint_eq (reply.cached_tokens, 0);
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 /* --- errors ---------------------------------------------------------- */
 
 static void
@@ -691,6 +718,7 @@ main (void)
     tcase_add_test (tc, test_stream_every_split);
     tcase_add_test (tc, test_stream_function_calls);
     tcase_add_test (tc, test_stream_bad_events);
+    tcase_add_test (tc, test_cached_tokens);
     tcase_add_test (tc, test_errors_classified);
     suite_add_tcase (s, tc);
 

@@ -249,6 +249,42 @@ END_TEST
 
 /* --- responses ------------------------------------------------------- */
 
+/*  Prompt caching: usage.prompt_tokens_details.cached_tokens, part of
+    prompt_tokens, in a body and in a stream's usage chunk (the shape of
+    OpenAI's prompt-caching guide). */
+START_TEST (test_parse_cached_tokens)
+{
+    const char *body =
+        "{\"id\":\"chatcmpl-c1\",\"object\":\"chat.completion\",\"choices\":[{\"index\":0,"
+        "\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],"
+        "\"usage\":{\"prompt_tokens\":2006,\"completion_tokens\":300,\"total_tokens\":2306,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":1920},"
+        "\"completion_tokens_details\":{\"reasoning_tokens\":0}}}";
+    llmq_reply_t reply = { 0 };
+    llmq_reply_reset (&reply);
+    ck_assert_int_eq (openai->parse_response (body, strlen (body), &reply), 0);
+    ck_assert_uint_eq (reply.prompt_tokens, 2006);
+    ck_assert_uint_eq (reply.cached_tokens, 1920);
+    ck_assert_uint_eq (reply.completion_tokens, 300);
+
+    /*  Streamed: the final usage chunk brings it. */
+    const char *fin = "{\"id\":\"chatcmpl-c2\",\"object\":\"chat.completion.chunk\",\"choices\":"
+                      "[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],"
+                      "\"usage\":null}";
+    const char *usage = "{\"id\":\"chatcmpl-c2\",\"object\":\"chat.completion.chunk\",\"choices\":[],"
+                        "\"usage\":{\"prompt_tokens\":2006,\"completion_tokens\":1,\"total_tokens\":2007,"
+                        "\"prompt_tokens_details\":{\"cached_tokens\":1024,\"audio_tokens\":0}}}";
+    llmq_reply_reset (&reply);
+    ck_assert_uint_eq (reply.cached_tokens, 0);
+    ck_assert_int_eq (openai->parse_event (NULL, fin, strlen (fin), &reply, NULL, NULL), 0);
+    ck_assert_uint_eq (reply.cached_tokens, 0);
+    ck_assert_int_eq (openai->parse_event (NULL, usage, strlen (usage), &reply, NULL, NULL), 0);
+    ck_assert_uint_eq (reply.prompt_tokens, 2006);
+    ck_assert_uint_eq (reply.cached_tokens, 1024);
+    llmq_reply_free (&reply);
+}
+END_TEST
+
 START_TEST (test_parse_chat_completion)
 {
     size_t len;
@@ -261,6 +297,7 @@ START_TEST (test_parse_chat_completion)
     ck_assert_str_eq (reply.request_id, "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT");
     ck_assert_uint_eq (reply.prompt_tokens, 19);
     ck_assert_uint_eq (reply.completion_tokens, 10);
+    ck_assert_uint_eq (reply.cached_tokens, 0);             /* "cached_tokens": 0 */
     ck_assert_int_eq (reply.error_class, LLMQ_EC_NONE);
     ck_assert (reply.finished);
     free (body);
@@ -751,6 +788,7 @@ s_suite (void)
     tc = tcase_create ("response");
     tcase_add_checked_fixture (tc, s_setup, NULL);
     tcase_add_test (tc, test_parse_chat_completion);
+    tcase_add_test (tc, test_parse_cached_tokens);
     tcase_add_test (tc, test_parse_bad_responses);
     tcase_add_test (tc, test_parse_stream_with_usage);
     tcase_add_test (tc, test_parse_stream_tool_calls);
