@@ -30,6 +30,7 @@ static const char s_usage[] =
     "  report --from --to      requests, tokens and cost per org, user or model\n"
     "  quota USER              a user's tier limits, usage and budgets\n"
     "  events                  print the broker's notices (budget alerts) as they come\n"
+    "  top                     a live view: throughput, queue, breakers, workers\n"
     "  version                 print the client version\n"
     "\n"
     "Global options (also accepted after the command):\n"
@@ -274,6 +275,9 @@ main (int argc, char **argv)
     }
     if (strcmp (command, "events") == 0) {
         return cmd_events (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "top") == 0) {
+        return cmd_top (&cli, cargc, cargv);
     }
     if (strcmp (command, "version") == 0) {
         return s_version ();

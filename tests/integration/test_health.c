@@ -112,6 +112,34 @@ START_TEST (test_half_open_breaker_probed_closed)
 }
 END_TEST
 
+/*  llmq top: two views, the second with rates; deployments and workers. */
+START_TEST (test_top)
+{
+    harness_t *h = s_start ("", "");
+    llmq *c = h_client (h);
+    llmq_result *r = s_run (c, "echo");
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    llmq_result_free (&r);
+    char cmd[600];
+    snprintf (cmd, sizeof cmd, "%s/client/llmq --broker %s top --count 2 --interval 100ms", LLMQ_BIN_DIR,
+              h->frontend);
+    FILE *p = popen (cmd, "r");
+    ck_assert_ptr_nonnull (p);
+    char out[8192];
+    size_t n = fread (out, 1, sizeof out - 1, p);
+    out[n] = '\0';
+    ck_assert_int_eq (pclose (p), 0);
+    ck_assert_ptr_nonnull (strstr (out, "llmq top"));
+    ck_assert_ptr_nonnull (strstr (out, "jobs/s"));
+    ck_assert_ptr_nonnull (strstr (out, "totals    submitted        1  done        1"));
+    ck_assert_ptr_nonnull (strstr (out, "flaky"));
+    ck_assert_ptr_nonnull (strstr (out, "closed"));
+    ck_assert_ptr_nonnull (strstr (out, "last seen ms"));
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 int
 main (void)
 {
@@ -120,6 +148,7 @@ main (void)
     tcase_set_timeout (tc, 60);
     tcase_add_test (tc, test_idle_deployment_is_probed);
     tcase_add_test (tc, test_half_open_breaker_probed_closed);
+    tcase_add_test (tc, test_top);
     suite_add_tcase (s, tc);
     return h_run_suite (s);
 }
