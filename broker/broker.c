@@ -18,6 +18,8 @@
 #include "fair.h"
 #include "tenants.h"
 #include "webhook.h"
+#include "http.h"
+#include "metrics.h"
 
 #include <curl/curl.h>
 
@@ -107,6 +109,8 @@ struct llmq_broker {
     uint64_t next_probe_id;
     uint64_t commit_us;             /* total time in commits (sync included) */
     uint64_t turn_us;               /* total time in turns, commits included */
+    llmq_http_t *http;              /* [broker] http, or NULL: off (run in this loop) */
+    llmq_metrics_t *metrics;        /* samples for /metrics not counted above */
 };
 
 /* ------------------------------------------------------------------------
@@ -998,8 +1002,9 @@ s_client_fetch (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     s_send (self, self->frontend, from, &r);
 }
 
-static void
-s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
+/*  The STATS reply's JSON (also the HTTP admin views'). */
+static json_t *
+s_stats_json (llmq_broker_t *self)
 {
     static const char *prio[] = { "urgent", "high", "normal", "low" };
     json_t *root = json_object ();
@@ -1122,7 +1127,14 @@ s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
         "hit_rate", lookups ? (double) self->n_cache_hits / (double) lookups : 0.0,
         "entries", (json_int_t) cs.entries, "bytes", (json_int_t) cs.bytes,
         "evictions", (json_int_t) cs.evictions, "stale_served", (json_int_t) self->n_cache_stale));
-    char *text = json_dumps (root, JSON_COMPACT);
+    return root;
+}
+
+static void
+s_client_stats (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
+{
+    json_t *root = s_stats_json (self);
+    char *text = root ? json_dumps (root, JSON_COMPACT) : NULL;
     json_decref (root);
     llmq_msg_t r = { 0 };
     r.cmd = LLMQ_CMD_STATS_REP;
@@ -1323,6 +1335,8 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
     llmq_result_t *res = &m->results[0];
     res->degraded = l->degraded;
     uint64_t now_ms = now / 1000;
+    llmq_metrics_call (self->metrics, l->dep, m->cmd == LLMQ_CMD_DONE ? LLMQ_EC_NONE : res->error_class,
+                       res->latency_us);
     if (l->granted) {
         llmq_outcome_t o = { .error_class = m->cmd == LLMQ_CMD_DONE ? LLMQ_EC_NONE : res->error_class,
                              .tokens = (uint64_t) res->prompt_tokens + res->completion_tokens,
@@ -1456,6 +1470,8 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
     }
     zhashx_delete (self->leases, U64_KEY (m->id));
     if (ended) {
+        llmq_metrics_usage (self->metrics, final.model, res->prompt_tokens, res->completion_tokens,
+                            res->cost_micro);
         s_push_result (self, &final);
     }
     else if (rc && rc != LLMQ_ERR_STATE && rc != LLMQ_ERR_JOB_FAILED) {
@@ -1745,6 +1761,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
             continue;
         }
         zhashx_delete (self->avoid, U64_KEY (job.id));
+        llmq_metrics_wait (self->metrics, job.priority, now > job.enqueued_us ? now - job.enqueued_us : 0);
         if (self->fair) {
             int prio = job.priority % LLMQ_NPRIO;
             uint64_t off = self->config->prio_offset_ms[prio] * 1000;
@@ -1954,6 +1971,7 @@ s_on_router_event (void *arg, size_t dep, int from, int to, const char *reason, 
         json_array_remove (self->history, 0);
     }
     self->history_dirty = true;
+    llmq_metrics_transition (self->metrics, dep, to);
 }
 
 /*  The router from the config: one policy per deployment, one per group. */
@@ -2194,6 +2212,108 @@ s_router_save (llmq_broker_t *self)
     }
 }
 
+/* ------------------------------------------------------------------------
+   HTTP side (http.h): its handlers run in llmq_http_run, inside a turn
+   ------------------------------------------------------------------------ */
+
+static int
+s_http_ready (void *arg, char *why, size_t whylen)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    if (self->full) {
+        snprintf (why, whylen, "store full: submits are refused until space is freed");
+        return -1;
+    }
+    return 0;
+}
+
+static char *
+s_http_metrics (void *arg, size_t *len)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    llmq_metrics_src_t src = {
+        .store = self->store, .router = self->router, .tenants = self->tenants,
+        .now_ms = llmq_now_us () / 1000,
+        .submitted = self->n_submitted, .done = self->n_done, .failed = self->n_failed,
+        .cancelled = self->n_cancelled, .expired = self->n_expired, .dead = self->n_dead,
+        .retried = self->n_retried, .restarted = self->n_restarted, .degraded = self->n_degraded,
+        .retry_budget_refused = self->n_retry_budget, .probes = self->n_probes,
+        .cache_hits = self->n_cache_hits, .cache_misses = self->n_cache_misses,
+        .commits = self->n_commits, .commit_us = self->commit_us,
+        .workers = zhashx_size (self->workers)
+    };
+    for (s_worker_t *w = (s_worker_t *) zhashx_first (self->workers); w; w = (s_worker_t *) zhashx_next (self->workers)) {
+        src.slots_free += w->credit;
+    }
+    return llmq_metrics_render (self->metrics, &src, len);
+}
+
+/*  The views "http.*" are parts of the STATS reply; the rest are admin.c's. */
+static json_t *
+s_http_admin (void *arg, json_t *req, int *code, char *why, size_t whylen)
+{
+    llmq_broker_t *self = (llmq_broker_t *) arg;
+    const char *op = json_string_value (json_object_get (req, "op"));
+    if (op && strncmp (op, "http.", 5) == 0) {
+        static const struct {
+            const char *op;
+            const char *keys[6];
+        } views[] = {
+            { "http.breakers", { "deployments", NULL } },
+            { "http.workers", { "workers", "worker_count", "free_slots", NULL } },
+            { "http.queue", { "queued", "queued_by_priority", "delayed", "in_flight", "routes", NULL } },
+        };
+        for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+            if (strcmp (op, views[i].op) != 0) {
+                continue;
+            }
+            json_t *root = s_stats_json (self);
+            json_t *rep = json_object ();
+            for (size_t k = 0; root && rep && views[i].keys[k]; k++) {
+                json_object_set (rep, views[i].keys[k], json_object_get (root, views[i].keys[k]));
+            }
+            json_decref (root);
+            if (!rep) {
+                *code = LLMQ_ERR_NOMEM;
+                snprintf (why, whylen, "out of memory");
+            }
+            return rep;
+        }
+    }
+    llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, llmq_now_us (),
+                         NULL, NULL, self->history, self->tenants };
+    return llmq_admin_run (&ctx, req, code, why, whylen);
+}
+
+/*  Start the HTTP side if [broker] http is set. The token is read from
+    the environment once, here; the config names only the variable. */
+static int
+s_http_start (llmq_broker_t *self, char *err, size_t errlen)
+{
+    const llmq_config_t *c = self->config;
+    if (!c->http || !*c->http) {
+        return 0;
+    }
+    const char *token = c->admin_token_env ? getenv (c->admin_token_env) : NULL;
+    if (c->admin_token_env && (!token || !*token)) {
+        llmq_warn ("[broker] admin_token_env: %s is not set: the HTTP admin API is disabled",
+                   c->admin_token_env);
+    }
+    llmq_http_handlers_t h = { s_http_ready, s_http_metrics, s_http_admin, self };
+    self->http = llmq_http_new (c->http, token, &h, err, errlen);
+    if (!self->http) {
+        return -1;
+    }
+    llmq_info ("http: listening on port %d", llmq_http_port (self->http));
+    return 0;
+}
+
+int
+llmq_broker_http_port (llmq_broker_t *self)
+{
+    return self->http ? llmq_http_port (self->http) : 0;
+}
+
 llmq_broker_t *
 llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
 {
@@ -2261,6 +2381,16 @@ llmq_broker_new (const llmq_config_t *config, char *err, size_t errlen)
     self->arena = llmq_arena_new ();
     self->deferred = zlistx_new ();
     self->full = llmq_store_check_space (self->store);
+    self->metrics = llmq_metrics_new (config);
+    if (!self->metrics) {
+        snprintf (err, errlen, "out of memory");
+        llmq_broker_destroy (&self);
+        return NULL;
+    }
+    if (s_http_start (self, err, errlen)) {
+        llmq_broker_destroy (&self);
+        return NULL;
+    }
     return self;
 }
 
@@ -2293,6 +2423,8 @@ llmq_broker_destroy (llmq_broker_t **self_p)
             curl_global_cleanup ();
         }
         json_decref (self->history);
+        llmq_http_destroy (&self->http);
+        llmq_metrics_destroy (&self->metrics);
         zsock_destroy (&self->frontend);
         zsock_destroy (&self->backend);
         zstr_free (&self->frontend_ep);
@@ -2321,8 +2453,10 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
 {
     zmq_pollitem_t items[] = {
         { zsock_resolve (self->frontend), 0, ZMQ_POLLIN, 0 },
-        { zsock_resolve (self->backend), 0, ZMQ_POLLIN, 0 }
+        { zsock_resolve (self->backend), 0, ZMQ_POLLIN, 0 },
+        { NULL, self->http ? llmq_http_fd (self->http) : -1, ZMQ_POLLIN, 0 }   /* HTTP: one epoll fd */
     };
+    int nitems = self->http ? 3 : 2;
     self->next_tick_ms = llmq_mono_ms ();
     while (!*stop) {
         uint64_t now_ms = llmq_mono_ms ();
@@ -2331,7 +2465,10 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
             wake = self->wake_ms;       /* a blocked group may be free before the tick */
         }
         long timeout = wake > now_ms ? (long) (wake - now_ms) : 0;
-        int rc = zmq_poll (items, 2, timeout);
+        if (self->http) {
+            timeout = llmq_http_timeout (self->http, timeout);
+        }
+        int rc = zmq_poll (items, nitems, timeout);
         if (rc < 0 && zmq_errno () != EINTR) {
             llmq_error ("poll failed: %s", zmq_strerror (zmq_errno ()));
             return -1;
@@ -2381,6 +2518,9 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         if (now_ms >= self->next_tick_ms) {
             s_timers (self, now);
             self->next_tick_ms = now_ms + S_TICK_MS;
+        }
+        if (self->http) {
+            llmq_http_run (self->http);     /* every turn: its handlers read and write in this turn */
         }
         s_dispatch (self, now);
         s_router_save (self);

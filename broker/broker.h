@@ -28,5 +28,7 @@ int  llmq_broker_run (llmq_broker_t *self, volatile int *stop);
 /*  The endpoints actually bound (with "*" ports resolved). */
 const char *llmq_broker_frontend (llmq_broker_t *self);
 const char *llmq_broker_backend (llmq_broker_t *self);
+/*  The HTTP port bound ([broker] http), or 0 when the HTTP side is off. */
+int  llmq_broker_http_port (llmq_broker_t *self);
 
 #endif

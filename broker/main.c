@@ -36,6 +36,7 @@ s_usage (FILE *out)
         "                         may lose the last acknowledged jobs\n"
         "      --max-map-size SZ  store size limit, e.g. 8GiB\n"
         "      --ready-file FILE  write the bound endpoints to FILE once listening\n"
+        "                         (a third line: the HTTP port, when [broker] http is set)\n"
         "      --log-level LVL    error, warn, info or debug\n"
         "  -h, --help             this help\n"
         "\n"
@@ -43,7 +44,7 @@ s_usage (FILE *out)
 }
 
 static int
-s_write_ready (const char *path, const char *fe, const char *be)
+s_write_ready (const char *path, const char *fe, const char *be, int http_port)
 {
     char tmp[4096];
     snprintf (tmp, sizeof tmp, "%s.tmp", path);
@@ -52,6 +53,9 @@ s_write_ready (const char *path, const char *fe, const char *be)
         return -1;
     }
     fprintf (f, "%s\n%s\n", fe, be);
+    if (http_port > 0) {
+        fprintf (f, "%d\n", http_port);   /* third line: only when [broker] http is on */
+    }
     if (fclose (f) != 0) {
         return -1;
     }
@@ -109,6 +113,9 @@ main (int argc, char **argv)
     if (max_map && config->map_size > config->max_map_size) {
         config->map_size = config->max_map_size;
     }
+    if (config->log_format) {
+        llmq_log_set_format (config->log_format);
+    }
     const char *level = log_level ? log_level : config->log_level;
     if (level && llmq_log_set_level_name (level)) {
         fprintf (stderr, "llmq-broker: --log-level: expected error, warn, info or debug, got '%s'\n", level);
@@ -135,7 +142,8 @@ main (int argc, char **argv)
     }
     llmq_info ("ready: clients on %s, workers on %s, data in %s (%s)", llmq_broker_frontend (broker),
                llmq_broker_backend (broker), config->data_dir, config->sync ? "sync" : "no-sync");
-    if (ready_file && s_write_ready (ready_file, llmq_broker_frontend (broker), llmq_broker_backend (broker))) {
+    if (ready_file && s_write_ready (ready_file, llmq_broker_frontend (broker), llmq_broker_backend (broker),
+                                    llmq_broker_http_port (broker))) {
         llmq_error ("cannot write %s", ready_file);
     }
     int rc = llmq_broker_run (broker, &s_stop);

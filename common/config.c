@@ -77,6 +77,7 @@ typedef enum {
     S_DURATION,             /* uint64_t ms, in [min, max] */
     S_COUNT,                /* uint32_t, in [min, max] */
     S_LEVEL,                /* char *: error, warn, info or debug */
+    S_LOGFMT,               /* char *: text or json */
     S_PROVIDER,             /* char *: openai or echo */
     S_TEXT,                 /* char *: printable text, e.g. a model name */
     S_URL,                  /* char *: http:// or https:// */
@@ -118,6 +119,9 @@ static const s_key_t s_keys[] = {
     { S_BROKER, "retry_backoff", S_DURATION, offsetof (llmq_config_t, retry_backoff_ms), 0, S_DAY },
     { S_BROKER, "retry_backoff_max", S_DURATION, offsetof (llmq_config_t, retry_backoff_max_ms), 0, S_DAY },
     { S_BROKER, "log_level", S_LEVEL, offsetof (llmq_config_t, log_level), 0, 0 },
+    { S_BROKER, "log_format", S_LOGFMT, offsetof (llmq_config_t, log_format), 0, 0 },
+    { S_BROKER, "http", S_TEXT, offsetof (llmq_config_t, http), 0, 0 },
+    { S_BROKER, "admin_token_env", S_TEXT, offsetof (llmq_config_t, admin_token_env), 0, 0 },
     { S_PRIORITY, "urgent", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[0]), 0, S_YEAR },
     { S_PRIORITY, "high", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[1]), 0, S_YEAR },
     { S_PRIORITY, "normal", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[2]), 0, S_YEAR },
@@ -1160,6 +1164,10 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
             return s_set_word (ctx, key, slot, value, s_levels,
                                sizeof s_levels / sizeof s_levels[0],
                                "error, warn, info or debug");
+        case S_LOGFMT: {
+            static const char *formats[] = { "text", "json" };
+            return s_set_word (ctx, key, slot, value, formats, 2, "text or json");
+        }
         case S_PROVIDER:
             return s_set_word (ctx, key, slot, value, s_providers,
                                sizeof s_providers / sizeof s_providers[0],
@@ -1570,6 +1578,9 @@ llmq_config_destroy (llmq_config_t **self_p)
     free (self->backend);
     free (self->data_dir);
     free (self->log_level);
+    free (self->log_format);
+    free (self->http);
+    free (self->admin_token_env);
     free (self->worker_broker);
     for (size_t i = 0; i < self->ndeployments; i++) {
         llmq_deployment_t *deployment = &self->deployments[i];

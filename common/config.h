@@ -138,6 +138,10 @@ typedef struct {
     uint64_t retry_backoff_ms;  /* first retry delay, doubled per attempt (1 s) */
     uint64_t retry_backoff_max_ms; /* cap (10 s) */
     char    *log_level;         /* error, warn, info, debug (info) */
+    char    *log_format;        /* text (default) or json; broker and workers */
+    char    *http;              /* HTTP side "HOST:PORT" (port 0: any), or NULL: off */
+    char    *admin_token_env;   /* environment variable holding the admin bearer
+                                   token, or NULL: /admin/ answers 403 */
     /* [priority] offsets in ms: urgent, high, normal, low (0, 5 s, 30 s, 120 s) */
     uint64_t prio_offset_ms[LLMQ_NPRIO];
     /* [worker] */

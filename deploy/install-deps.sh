@@ -17,6 +17,7 @@ PKGS=(
   libinih-dev                  # config file parser (INI) with line numbers on errors
   libmicrohttpd-dev            # HTTP server for the mock provider (and the broker's HTTP side)
   check                        # unit and integration tests (run by ctest)
+  prometheus                   # promtool: test_http lints the broker's /metrics with it
 )
 
 missing=()

@@ -178,6 +178,9 @@ main (int argc, char *argv[])
         fprintf (stderr, "llmq-worker: %s\n", config_path ? err : "out of memory");
         return 2;
     }
+    if (cfg->log_format) {
+        llmq_log_set_format (cfg->log_format);
+    }
     if (!log_level && cfg->log_level && llmq_log_set_level_name (cfg->log_level) != 0) {
         llmq_warn ("unknown log_level '%s' in the configuration: using info", cfg->log_level);
     }

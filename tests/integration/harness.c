@@ -634,3 +634,21 @@ h_mock_requests_at (int port, int64_t since_ms, int64_t **times, int64_t **token
     json_decref (doc);
     return (long) n;
 }
+
+int
+h_broker_http_port (const char *ready_file)
+{
+    char *text = h_slurp (ready_file);
+    if (!text) {
+        return -1;
+    }
+    /*  Lines: frontend, backend, then the HTTP port if [broker] http is on. */
+    char *line = text;
+    for (int i = 0; i < 2 && line; i++) {
+        line = strchr (line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    int port = line && *line ? atoi (line) : -1;
+    free (text);
+    return port > 0 ? port : -1;
+}

@@ -118,4 +118,10 @@ int  h_run_suite (struct Suite *suite);
 /*  Whole text of a file, or NULL. Caller frees. */
 char *h_slurp (const char *path);
 
+/*  The broker's HTTP port from its --ready-file (third line, written when
+    [broker] http is set), or -1. Start the broker with
+    "--ready-file", PATH; h_start_broker returns after its PING, by when
+    the file is in place. */
+int  h_broker_http_port (const char *ready_file);
+
 #endif

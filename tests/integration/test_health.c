@@ -8,6 +8,7 @@
 #include "harness.h"
 
 #include <check.h>
+#include <signal.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,59 @@ START_TEST (test_top)
 }
 END_TEST
 
+/*  Every line of every log is one JSON object; lines about a job carry
+    its id as a field. */
+static int
+s_check_json_log (const char *path, uint64_t job)
+{
+    char *text = h_slurp (path);
+    ck_assert_ptr_nonnull (text);
+    int with_job = 0, lines = 0;
+    for (char *line = strtok (text, "\n"); line; line = strtok (NULL, "\n")) {
+        json_error_t err;
+        json_t *j = json_loads (line, 0, &err);
+        ck_assert_msg (json_is_object (j), "%s: not a JSON line: %s", path, line);
+        ck_assert_ptr_nonnull (json_object_get (j, "ts"));
+        ck_assert_ptr_nonnull (json_object_get (j, "level"));
+        ck_assert_ptr_nonnull (json_object_get (j, "msg"));
+        if ((uint64_t) json_integer_value (json_object_get (j, "job")) == job) {
+            with_job++;
+        }
+        lines++;
+        json_decref (j);
+    }
+    free (text);
+    ck_assert_int_gt (lines, 0);
+    return with_job;
+}
+
+START_TEST (test_json_logs)
+{
+    harness_t *h = s_start ("log_format = json\nlog_level = debug\nmax_attempts = 2\n"
+                            "retry_backoff = 10ms\nretry_backoff_max = 20ms\n", "");
+    llmq *c = h_client (h);
+    ck_assert_int_eq (h_mock_post (h, "/mock/faults", "{\"kind\":500,\"count\":1}"), 0);
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}";
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "flaky";
+    j.body = body;
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    ck_assert_uint_eq (r->attempts, 2);
+    llmq_result_free (&r);
+    llmq_close (&c);
+    ck_assert_int_eq (h_stop (&h->workers[0], SIGTERM), 0);
+    ck_assert_int_eq (h_stop (&h->broker, SIGTERM), 0);
+    int about_job = s_check_json_log (h->workers[0].log, id) + s_check_json_log (h->broker.log, id);
+    ck_assert_int_gt (about_job, 0);
+    h_destroy (&h);
+}
+END_TEST
+
 int
 main (void)
 {
@@ -149,6 +203,7 @@ main (void)
     tcase_add_test (tc, test_idle_deployment_is_probed);
     tcase_add_test (tc, test_half_open_breaker_probed_closed);
     tcase_add_test (tc, test_top);
+    tcase_add_test (tc, test_json_logs);
     suite_add_tcase (s, tc);
     return h_run_suite (s);
 }

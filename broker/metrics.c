@@ -1,0 +1,453 @@
+/*  metrics.c -- the broker's Prometheus metrics. See metrics.h, and
+    docs/metrics.md for the list of names.
+
+    Deployment-indexed series use one slot per deployment up to
+    LLMQ_METRICS_MAX_LABELS, then one "other" slot summing the rest (a
+    breaker state folds to the worst of them). Models are learnt as jobs
+    finish, bounded the same way.
+*/
+#include "metrics.h"
+#include "codec.h"
+
+#include <czmq.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S_NEC     11                /* error classes: LLMQ_EC_NONE .. LLMQ_EC_BAD_RESPONSE */
+#define S_NSTATE  3                 /* breaker states */
+#define S_NBUCKET 10                /* finite bucket bounds; +Inf is implicit */
+
+static const double s_latency_bounds[S_NBUCKET] = { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
+/*  Waits are longer than calls: a low-priority job waits 2 minutes by
+    design (its [priority] offset). */
+static const double s_wait_bounds[S_NBUCKET] = { 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300 };
+static const char *s_prio_names[LLMQ_NPRIO] = { "urgent", "high", "normal", "low" };
+
+typedef struct {
+    uint64_t buckets[S_NBUCKET + 1];    /* per bucket, not cumulative; last is +Inf */
+    uint64_t count;
+    double sum;                         /* seconds */
+} s_hist_t;
+
+typedef struct {
+    char *name;
+    uint64_t prompt, completion, cost_micro;
+} s_model_t;
+
+struct llmq_metrics {
+    const llmq_config_t *config;
+    size_t nslots;                      /* deployments kept apart, plus "other" if any */
+    uint64_t (*calls)[S_NEC];           /* [slot][error class] */
+    s_hist_t *latency;                  /* [slot] */
+    uint64_t (*transitions)[S_NSTATE];  /* [slot][to] */
+    s_hist_t wait[LLMQ_NPRIO];
+    s_model_t *models;                  /* in order of first use; the last may be "other" */
+    size_t nmodels;
+    zhashx_t *model_index;              /* name -> index + 1 */
+};
+
+static size_t
+s_slot (const llmq_metrics_t *self, size_t dep)
+{
+    (void) self;
+    return dep < LLMQ_METRICS_MAX_LABELS ? dep : LLMQ_METRICS_MAX_LABELS;
+}
+
+static const char *
+s_slot_name (const llmq_metrics_t *self, size_t slot)
+{
+    return slot < LLMQ_METRICS_MAX_LABELS ? self->config->deployments[slot].name : "other";
+}
+
+static void
+s_hist_add (s_hist_t *h, const double *bounds, double v)
+{
+    size_t i = 0;
+    while (i < S_NBUCKET && v > bounds[i]) {
+        i++;
+    }
+    h->buckets[i]++;
+    h->count++;
+    h->sum += v;
+}
+
+llmq_metrics_t *
+llmq_metrics_new (const llmq_config_t *config)
+{
+    llmq_metrics_t *self = (llmq_metrics_t *) calloc (1, sizeof *self);
+    if (!self) {
+        return NULL;
+    }
+    self->config = config;
+    size_t n = config->ndeployments;
+    self->nslots = n <= LLMQ_METRICS_MAX_LABELS ? n : LLMQ_METRICS_MAX_LABELS + 1;
+    size_t alloc = self->nslots ? self->nslots : 1;
+    self->calls = calloc (alloc, sizeof *self->calls);
+    self->latency = (s_hist_t *) calloc (alloc, sizeof *self->latency);
+    self->transitions = calloc (alloc, sizeof *self->transitions);
+    self->models = (s_model_t *) calloc (LLMQ_METRICS_MAX_LABELS + 1, sizeof *self->models);
+    self->model_index = zhashx_new ();
+    if (!self->calls || !self->latency || !self->transitions || !self->models || !self->model_index) {
+        llmq_metrics_destroy (&self);
+        return NULL;
+    }
+    return self;
+}
+
+void
+llmq_metrics_destroy (llmq_metrics_t **self_p)
+{
+    if (self_p && *self_p) {
+        llmq_metrics_t *self = *self_p;
+        free (self->calls);
+        free (self->latency);
+        free (self->transitions);
+        if (self->models) {
+            for (size_t i = 0; i < self->nmodels; i++) {
+                free (self->models[i].name);
+            }
+            free (self->models);
+        }
+        zhashx_destroy (&self->model_index);
+        free (self);
+        *self_p = NULL;
+    }
+}
+
+void
+llmq_metrics_call (llmq_metrics_t *self, size_t dep, int error_class, uint64_t latency_us)
+{
+    if (!self || dep >= self->config->ndeployments) {
+        return;
+    }
+    size_t s = s_slot (self, dep);
+    int ec = error_class >= 0 && error_class < S_NEC ? error_class : LLMQ_EC_INTERNAL;
+    self->calls[s][ec]++;
+    s_hist_add (&self->latency[s], s_latency_bounds, (double) latency_us / 1e6);
+}
+
+void
+llmq_metrics_wait (llmq_metrics_t *self, int priority, uint64_t wait_us)
+{
+    if (!self) {
+        return;
+    }
+    int p = priority >= 0 && priority < LLMQ_NPRIO ? priority : LLMQ_NPRIO - 1;
+    s_hist_add (&self->wait[p], s_wait_bounds, (double) wait_us / 1e6);
+}
+
+void
+llmq_metrics_transition (llmq_metrics_t *self, size_t dep, int to)
+{
+    if (!self || dep >= self->config->ndeployments || to < 0 || to >= S_NSTATE) {
+        return;
+    }
+    self->transitions[s_slot (self, dep)][to]++;
+}
+
+void
+llmq_metrics_usage (llmq_metrics_t *self, const char *model, uint64_t prompt_tokens,
+                    uint64_t completion_tokens, uint64_t cost_micro)
+{
+    if (!self) {
+        return;
+    }
+    const char *name = model && *model ? model : "unknown";
+    size_t i = (size_t) (uintptr_t) zhashx_lookup (self->model_index, name);
+    if (i) {
+        i--;
+    }
+    else {
+        if (self->nmodels >= LLMQ_METRICS_MAX_LABELS) {
+            name = "other";
+        }
+        i = (size_t) (uintptr_t) zhashx_lookup (self->model_index, name);
+        if (i) {
+            i--;
+        }
+        else {
+            char *copy = strdup (name);
+            if (!copy) {
+                return;
+            }
+            i = self->nmodels++;
+            self->models[i].name = copy;
+            zhashx_insert (self->model_index, copy, (void *) (uintptr_t) (i + 1));
+        }
+    }
+    self->models[i].prompt += prompt_tokens;
+    self->models[i].completion += completion_tokens;
+    self->models[i].cost_micro += cost_micro;
+}
+
+char *
+llmq_metrics_escape (const char *value, char *out, size_t len)
+{
+    size_t o = 0;
+    for (const char *p = value ? value : ""; *p && o + 3 < len; p++) {
+        if (*p == '\\' || *p == '"') {
+            out[o++] = '\\';
+            out[o++] = *p;
+        }
+        else if (*p == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        }
+        else {
+            out[o++] = *p;
+        }
+    }
+    if (len) {
+        out[o < len ? o : len - 1] = '\0';
+    }
+    return out;
+}
+
+/* ------------------------------------------------------------------------
+   Rendering
+   ------------------------------------------------------------------------ */
+
+static void
+s_head (FILE *f, const char *name, const char *type, const char *help)
+{
+    fprintf (f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/*  One counter or gauge without labels. */
+static void
+s_plain (FILE *f, const char *name, const char *type, const char *help, uint64_t value)
+{
+    s_head (f, name, type, help);
+    fprintf (f, "%s %llu\n", name, (unsigned long long) value);
+}
+
+/*  A histogram's samples for one label (name=value, value unescaped). */
+static void
+s_hist (FILE *f, const char *name, const char *label, const char *value, const double *bounds,
+        const s_hist_t *h)
+{
+    char esc[512];
+    llmq_metrics_escape (value, esc, sizeof esc);
+    uint64_t cum = 0;
+    for (size_t i = 0; i < S_NBUCKET; i++) {
+        cum += h->buckets[i];
+        fprintf (f, "%s_bucket{%s=\"%s\",le=\"%g\"} %llu\n", name, label, esc, bounds[i],
+                 (unsigned long long) cum);
+    }
+    fprintf (f, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, esc, (unsigned long long) h->count);
+    fprintf (f, "%s_sum{%s=\"%s\"} %.9g\n", name, label, esc, h->sum);
+    fprintf (f, "%s_count{%s=\"%s\"} %llu\n", name, label, esc, (unsigned long long) h->count);
+}
+
+typedef struct {
+    int breaker;                    /* worst state of the slot */
+    uint64_t in_flight, window_requests, window_tokens;
+} s_dep_gauges_t;
+
+static void
+s_render_queue (FILE *f, const llmq_metrics_src_t *src)
+{
+    const llmq_route_stats_t *rs;
+    size_t nr = llmq_store_routes (src->store, &rs);
+    size_t kept = nr < LLMQ_METRICS_MAX_LABELS ? nr : LLMQ_METRICS_MAX_LABELS;
+    uint64_t other_ready[LLMQ_NPRIO] = { 0 }, other_delayed = 0, other_running = 0;
+    for (size_t i = kept; i < nr; i++) {
+        for (int p = 0; p < LLMQ_NPRIO; p++) {
+            other_ready[p] += rs[i].ready[p];
+        }
+        other_delayed += rs[i].delayed;
+        other_running += rs[i].running;
+    }
+    char esc[512];
+    s_head (f, "llmq_queue_depth", "gauge", "Ready jobs waiting for dispatch, by model group and priority.");
+    for (size_t i = 0; i < kept; i++) {
+        llmq_metrics_escape (rs[i].name, esc, sizeof esc);
+        for (int p = 0; p < LLMQ_NPRIO; p++) {
+            fprintf (f, "llmq_queue_depth{group=\"%s\",priority=\"%s\"} %llu\n", esc, s_prio_names[p],
+                     (unsigned long long) rs[i].ready[p]);
+        }
+    }
+    if (nr > kept) {
+        for (int p = 0; p < LLMQ_NPRIO; p++) {
+            fprintf (f, "llmq_queue_depth{group=\"other\",priority=\"%s\"} %llu\n", s_prio_names[p],
+                     (unsigned long long) other_ready[p]);
+        }
+    }
+    s_head (f, "llmq_queue_delayed", "gauge", "Jobs waiting for a retry backoff or a not_before time, by model group.");
+    for (size_t i = 0; i < kept; i++) {
+        fprintf (f, "llmq_queue_delayed{group=\"%s\"} %llu\n", llmq_metrics_escape (rs[i].name, esc, sizeof esc),
+                 (unsigned long long) rs[i].delayed);
+    }
+    if (nr > kept) {
+        fprintf (f, "llmq_queue_delayed{group=\"other\"} %llu\n", (unsigned long long) other_delayed);
+    }
+    s_head (f, "llmq_queue_running", "gauge", "Jobs leased to a worker, by model group.");
+    for (size_t i = 0; i < kept; i++) {
+        fprintf (f, "llmq_queue_running{group=\"%s\"} %llu\n", llmq_metrics_escape (rs[i].name, esc, sizeof esc),
+                 (unsigned long long) rs[i].running);
+    }
+    if (nr > kept) {
+        fprintf (f, "llmq_queue_running{group=\"other\"} %llu\n", (unsigned long long) other_running);
+    }
+}
+
+/*  Breaker severity, to fold several breakers into one "other" value. */
+static int
+s_severity (int state)
+{
+    return state == LLMQ_BREAKER_OPEN ? 2 : state == LLMQ_BREAKER_HALF_OPEN ? 1 : 0;
+}
+
+static void
+s_render_deployments (llmq_metrics_t *self, FILE *f, const llmq_metrics_src_t *src)
+{
+    size_t ns = self->nslots;
+    s_dep_gauges_t *g = (s_dep_gauges_t *) calloc (ns ? ns : 1, sizeof *g);
+    if (!g) {
+        return;
+    }
+    for (size_t i = 0; i < self->config->ndeployments; i++) {
+        llmq_dep_view_t v;
+        llmq_router_view (src->router, i, src->now_ms, &v);
+        s_dep_gauges_t *d = &g[s_slot (self, i)];
+        if (s_severity (v.breaker) > s_severity (d->breaker)) {
+            d->breaker = v.breaker;
+        }
+        d->in_flight += v.in_flight;
+        d->window_requests += v.window_requests;
+        d->window_tokens += v.window_tokens;
+    }
+    char esc[512];
+    s_head (f, "llmq_provider_calls_total", "counter",
+            "Provider calls reported by workers, by deployment and outcome (ok or the error class).");
+    for (size_t s = 0; s < ns; s++) {
+        llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc);
+        for (int ec = 0; ec < S_NEC; ec++) {
+            fprintf (f, "llmq_provider_calls_total{deployment=\"%s\",outcome=\"%s\"} %llu\n", esc,
+                     ec == LLMQ_EC_NONE ? "ok" : llmq_error_class_name (ec),
+                     (unsigned long long) self->calls[s][ec]);
+        }
+    }
+    s_head (f, "llmq_provider_latency_seconds", "histogram",
+            "Provider call latency reported by workers (done and failed calls), by deployment.");
+    for (size_t s = 0; s < ns; s++) {
+        s_hist (f, "llmq_provider_latency_seconds", "deployment", s_slot_name (self, s), s_latency_bounds,
+                &self->latency[s]);
+    }
+    s_head (f, "llmq_breaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
+    for (size_t s = 0; s < ns; s++) {
+        fprintf (f, "llmq_breaker_state{deployment=\"%s\"} %d\n",
+                 llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc), g[s].breaker);
+    }
+    s_head (f, "llmq_breaker_transitions_total", "counter", "Circuit breaker state changes, by deployment and new state.");
+    for (size_t s = 0; s < ns; s++) {
+        llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc);
+        for (int to = 0; to < S_NSTATE; to++) {
+            fprintf (f, "llmq_breaker_transitions_total{deployment=\"%s\",to=\"%s\"} %llu\n", esc,
+                     llmq_breaker_state_name (to), (unsigned long long) self->transitions[s][to]);
+        }
+    }
+    s_head (f, "llmq_deployment_in_flight", "gauge", "Provider calls granted and not yet reported, by deployment.");
+    for (size_t s = 0; s < ns; s++) {
+        fprintf (f, "llmq_deployment_in_flight{deployment=\"%s\"} %llu\n",
+                 llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc), (unsigned long long) g[s].in_flight);
+    }
+    s_head (f, "llmq_rate_window_requests", "gauge", "Requests granted in the current rate window, by deployment.");
+    for (size_t s = 0; s < ns; s++) {
+        fprintf (f, "llmq_rate_window_requests{deployment=\"%s\"} %llu\n",
+                 llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc),
+                 (unsigned long long) g[s].window_requests);
+    }
+    s_head (f, "llmq_rate_window_tokens", "gauge", "Tokens counted in the current rate window, by deployment.");
+    for (size_t s = 0; s < ns; s++) {
+        fprintf (f, "llmq_rate_window_tokens{deployment=\"%s\"} %llu\n",
+                 llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc),
+                 (unsigned long long) g[s].window_tokens);
+    }
+    free (g);
+}
+
+static void
+s_render_models (llmq_metrics_t *self, FILE *f)
+{
+    char esc[512];
+    s_head (f, "llmq_tokens_total", "counter", "Tokens of finished jobs, by model group and kind (prompt or completion).");
+    for (size_t i = 0; i < self->nmodels; i++) {
+        llmq_metrics_escape (self->models[i].name, esc, sizeof esc);
+        fprintf (f, "llmq_tokens_total{model=\"%s\",kind=\"prompt\"} %llu\n", esc,
+                 (unsigned long long) self->models[i].prompt);
+        fprintf (f, "llmq_tokens_total{model=\"%s\",kind=\"completion\"} %llu\n", esc,
+                 (unsigned long long) self->models[i].completion);
+    }
+    s_head (f, "llmq_cost_usd_total", "counter", "Cost of finished jobs in USD at the deployments' prices, by model group.");
+    for (size_t i = 0; i < self->nmodels; i++) {
+        fprintf (f, "llmq_cost_usd_total{model=\"%s\"} %.6f\n",
+                 llmq_metrics_escape (self->models[i].name, esc, sizeof esc),
+                 (double) self->models[i].cost_micro / 1e6);
+    }
+}
+
+char *
+llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t *len)
+{
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream (&text, &size);
+    if (!f) {
+        return NULL;
+    }
+    s_plain (f, "llmq_jobs_submitted_total", "counter", "Jobs accepted since the broker started.", src->submitted);
+    s_head (f, "llmq_jobs_finished_total", "counter", "Jobs that reached a final state, by state.");
+    const struct { const char *state; uint64_t n; } fin[] = {
+        { "done", src->done }, { "failed", src->failed }, { "cancelled", src->cancelled },
+        { "expired", src->expired }, { "dead", src->dead }
+    };
+    for (size_t i = 0; i < sizeof fin / sizeof fin[0]; i++) {
+        fprintf (f, "llmq_jobs_finished_total{state=\"%s\"} %llu\n", fin[i].state, (unsigned long long) fin[i].n);
+    }
+    s_plain (f, "llmq_jobs_retried_total", "counter", "Failed attempts put back in the queue for a retry.", src->retried);
+    s_plain (f, "llmq_jobs_restarted_total", "counter", "Broken streams started over (RESET sent).", src->restarted);
+    s_plain (f, "llmq_jobs_degraded_total", "counter", "Dispatches served by a fallback group.", src->degraded);
+    s_render_queue (f, src);
+    s_head (f, "llmq_queue_wait_seconds", "histogram", "Time from enqueue to dispatch, observed at dispatch, by priority.");
+    for (int p = 0; p < LLMQ_NPRIO; p++) {
+        s_hist (f, "llmq_queue_wait_seconds", "priority", s_prio_names[p], s_wait_bounds, &self->wait[p]);
+    }
+    s_render_deployments (self, f, src);
+    s_plain (f, "llmq_retry_budget_refused_total", "counter", "Retries refused because the deployment's retry budget was spent.",
+             src->retry_budget_refused);
+    s_plain (f, "llmq_probes_total", "counter", "Active health probes completed.", src->probes);
+    llmq_store_cache_stats_t cs;
+    memset (&cs, 0, sizeof cs);
+    llmq_store_cache_stats (src->store, &cs);
+    s_plain (f, "llmq_cache_hits_total", "counter", "Submits answered from the response cache.", src->cache_hits);
+    s_plain (f, "llmq_cache_misses_total", "counter", "Cacheable submits not found in the response cache.", src->cache_misses);
+    s_plain (f, "llmq_cache_entries", "gauge", "Entries held in the response cache.", cs.entries);
+    uint64_t quota_refused = 0, budget_refused = 0, alerts = 0;
+    if (src->tenants) {
+        llmq_tenants_totals (src->tenants, &quota_refused, &budget_refused, &alerts);
+    }
+    s_plain (f, "llmq_quota_refused_total", "counter", "Submits refused by a tier quota.", quota_refused);
+    s_plain (f, "llmq_budget_refused_total", "counter", "Submits refused by a spent budget.", budget_refused);
+    s_plain (f, "llmq_budget_alerts_total", "counter", "Budget alerts raised.", alerts);
+    s_render_models (self, f);
+    s_plain (f, "llmq_workers", "gauge", "Workers connected.", src->workers);
+    s_plain (f, "llmq_worker_slots_free", "gauge", "Jobs the connected workers may still be sent.", src->slots_free);
+    uint64_t used = 0, map = 0, max = 0;
+    llmq_store_space (src->store, &used, &map, &max);
+    s_plain (f, "llmq_store_used_bytes", "gauge", "Bytes of the store's map in use.", used);
+    s_plain (f, "llmq_store_map_bytes", "gauge", "Current size of the store's map.", map);
+    s_plain (f, "llmq_store_max_bytes", "gauge", "Limit the store's map may grow to.", max);
+    s_plain (f, "llmq_commits_total", "counter", "Store commits (one per loop turn).", src->commits);
+    s_head (f, "llmq_commit_seconds_total", "counter", "Time spent in store commits, sync included.");
+    fprintf (f, "llmq_commit_seconds_total %.6f\n", (double) src->commit_us / 1e6);
+    if (fclose (f) != 0) {
+        free (text);
+        return NULL;
+    }
+    if (len) {
+        *len = size;
+    }
+    return text;
+}

@@ -1,0 +1,385 @@
+/*  test_http.c -- the broker's HTTP side ([broker] http): health,
+    readiness, Prometheus metrics and the admin JSON API, through a real
+    broker, worker and (for breakers) the mock provider on 127.0.0.1.
+
+    The broker writes its HTTP port as the third line of --ready-file;
+    h_start_broker returns once the broker answers PING, by when the file
+    is in place.
+*/
+#include "harness.h"
+
+#include <check.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define T_WAIT  20000           /* ms: generous, these are not timing tests */
+#define T_TOKEN "test-admin-token-5e1f"
+
+typedef struct {
+    char *data;
+    size_t len;
+} s_buf_t;
+
+static size_t
+s_on_data (char *ptr, size_t size, size_t n, void *arg)
+{
+    s_buf_t *b = (s_buf_t *) arg;
+    char *grown = (char *) realloc (b->data, b->len + size * n + 1);
+    if (!grown) {
+        return 0;
+    }
+    b->data = grown;
+    memcpy (b->data + b->len, ptr, size * n);
+    b->len += size * n;
+    b->data[b->len] = '\0';
+    return size * n;
+}
+
+/*  One request to 127.0.0.1:port; returns the body (caller frees) and the
+    status in *status. `token` NULL: no Authorization header. */
+static char *
+s_http (int port, const char *method, const char *path, const char *token, long *status)
+{
+    CURL *curl = curl_easy_init ();
+    ck_assert_ptr_nonnull (curl);
+    char url[512], auth[256];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    s_buf_t b = { calloc (1, 1), 0 };
+    struct curl_slist *headers = NULL;
+    if (token) {
+        snprintf (auth, sizeof auth, "Authorization: Bearer %s", token);
+        headers = curl_slist_append (headers, auth);
+    }
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_CUSTOMREQUEST, method);
+    if (strcmp (method, "POST") == 0) {
+        curl_easy_setopt (curl, CURLOPT_POSTFIELDS, "");
+    }
+    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_data);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
+    curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
+    CURLcode rc = curl_easy_perform (curl);
+    ck_assert_msg (rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror (rc));
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    return b.data;
+}
+
+/*  A harness whose broker has [broker] http on an ephemeral port; returns
+    the port. `token_env` NULL: no admin_token_env. */
+static harness_t *
+s_start (const char *token_env, const char *deployment, int *port)
+{
+    char extra[512];
+    snprintf (extra, sizeof extra, "http = 127.0.0.1:0\nprobe_interval = 0s\nmax_attempts = 1\n%s%s%s",
+              token_env ? "admin_token_env = " : "", token_env ? token_env : "", token_env ? "\n" : "");
+    harness_t *h = h_new (extra);
+    ck_assert_ptr_nonnull (h);
+    if (deployment) {
+        FILE *f = fopen (h->conf, "a");
+        ck_assert_ptr_nonnull (f);
+        fprintf (f, "\n[deployment flaky]\nprovider = openai\nmodel = m\n"
+                    "base_url = http://127.0.0.1:%d/v1\n%s"
+                    "\n[group flaky]\ndeployments = flaky\n", h->mock_port, deployment);
+        ck_assert_int_eq (fclose (f), 0);
+        ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    }
+    char ready[400];
+    snprintf (ready, sizeof ready, "%s/broker.ready", h->dir);
+    const char *args[] = { "--ready-file", ready, NULL };
+    ck_assert_int_eq (h_start_broker (h, args), 0);
+    *port = h_broker_http_port (ready);
+    ck_assert_int_gt (*port, 0);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    return h;
+}
+
+static llmq_result *
+s_run (llmq *c, const char *group)
+{
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = group;
+    j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}";
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+    return r;
+}
+
+/*  The value of the sample whose name and labels are exactly `series`
+    ("name" or "name{a=\"b\"}"); fails the test if absent. */
+static double
+s_sample (const char *text, const char *series)
+{
+    size_t n = strlen (series);
+    for (const char *line = text; line && *line; ) {
+        if (strncmp (line, series, n) == 0 && line[n] == ' ') {
+            return strtod (line + n + 1, NULL);
+        }
+        line = strchr (line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    ck_abort_msg ("no sample %s", series);
+    return -1;
+}
+
+/*  A histogram's buckets for one label set ("deployment=\"echo\""): they
+    are cumulative and +Inf equals _count. Returns _count. */
+static double
+s_check_histogram (const char *text, const char *name, const char *labels)
+{
+    char prefix[256];
+    snprintf (prefix, sizeof prefix, "%s_bucket{%s,le=\"", name, labels);
+    size_t n = strlen (prefix);
+    double last = 0, inf = -1;
+    int buckets = 0;
+    for (const char *line = text; line && *line; ) {
+        if (strncmp (line, prefix, n) == 0) {
+            const char *close = strstr (line + n, "\"} ");
+            ck_assert_ptr_nonnull (close);
+            double v = strtod (close + 3, NULL);
+            ck_assert_msg (v >= last, "%s: buckets not cumulative", name);
+            last = v;
+            buckets++;
+            if (strncmp (line + n, "+Inf\"", 5) == 0) {
+                inf = v;
+            }
+        }
+        line = strchr (line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    ck_assert_int_eq (buckets, 11);
+    char series[256];
+    snprintf (series, sizeof series, "%s_count{%s}", name, labels);
+    double count = s_sample (text, series);
+    ck_assert (inf == count);
+    return count;
+}
+
+/*  promtool check metrics on the text, when promtool is installed
+    (deploy/install-deps.sh installs it). */
+static void
+s_promtool (harness_t *h, const char *text)
+{
+    if (system ("command -v promtool > /dev/null 2>&1") != 0) {
+        fprintf (stderr, "test_http: promtool not installed: lint skipped\n");
+        return;
+    }
+    char path[400], cmd[900];
+    snprintf (path, sizeof path, "%s/metrics.txt", h->dir);
+    FILE *f = fopen (path, "w");
+    ck_assert_ptr_nonnull (f);
+    fputs (text, f);
+    ck_assert_int_eq (fclose (f), 0);
+    snprintf (cmd, sizeof cmd, "promtool check metrics < '%s' > '%s/promtool.log' 2>&1", path, h->dir);
+    int rc = system (cmd);
+    if (rc != 0) {
+        snprintf (cmd, sizeof cmd, "%s/promtool.log", h->dir);
+        char *log = h_slurp (cmd);
+        ck_abort_msg ("promtool check metrics failed: %s", log ? log : "?");
+    }
+}
+
+START_TEST (test_health_ready_and_metrics)
+{
+    int port;
+    harness_t *h = s_start (NULL, NULL, &port);
+    long status = 0;
+    char *body = s_http (port, "GET", "/healthz", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert_str_eq (body, "ok\n");
+    free (body);
+    body = s_http (port, "GET", "/readyz", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    free (body);
+    body = s_http (port, "GET", "/nope", NULL, &status);
+    ck_assert_int_eq (status, 404);
+    free (body);
+
+    llmq *c = h_client (h);
+    ck_assert_ptr_nonnull (c);
+    enum { N = 7 };
+    for (int i = 0; i < N; i++) {
+        llmq_result *r = s_run (c, "echo");
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        llmq_result_free (&r);
+    }
+    /*  Every result was pushed after its commit, so the counters are in. */
+    char *text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert (s_sample (text, "llmq_jobs_submitted_total") == N);
+    ck_assert (s_sample (text, "llmq_jobs_finished_total{state=\"done\"}") == N);
+    ck_assert (s_sample (text, "llmq_jobs_finished_total{state=\"failed\"}") == 0);
+    ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"echo\",outcome=\"ok\"}") == N);
+    ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"echo\",outcome=\"server\"}") == 0);
+    ck_assert (s_check_histogram (text, "llmq_provider_latency_seconds", "deployment=\"echo\"") == N);
+    ck_assert (s_check_histogram (text, "llmq_provider_latency_seconds", "deployment=\"mock\"") == 0);
+    double waits = 0;
+    const char *prio[] = { "urgent", "high", "normal", "low" };
+    for (int p = 0; p < 4; p++) {
+        char labels[64];
+        snprintf (labels, sizeof labels, "priority=\"%s\"", prio[p]);
+        waits += s_check_histogram (text, "llmq_queue_wait_seconds", labels);
+    }
+    ck_assert (waits == N);
+    ck_assert (s_sample (text, "llmq_queue_depth{group=\"echo\",priority=\"normal\"}") == 0);
+    ck_assert (s_sample (text, "llmq_queue_running{group=\"echo\"}") == 0);
+    ck_assert (s_sample (text, "llmq_breaker_state{deployment=\"echo\"}") == 0);
+    ck_assert (s_sample (text, "llmq_deployment_in_flight{deployment=\"echo\"}") == 0);
+    ck_assert (s_sample (text, "llmq_workers") == 1);
+    ck_assert (s_sample (text, "llmq_worker_slots_free") == 4);
+    ck_assert (s_sample (text, "llmq_commits_total") > 0);
+    ck_assert (s_sample (text, "llmq_store_max_bytes") > 0);
+    ck_assert (s_sample (text, "llmq_tokens_total{model=\"echo\",kind=\"prompt\"}") >= 0);
+    ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"echo\"}") == 0);
+    s_promtool (h, text);
+    free (text);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+START_TEST (test_admin_needs_token)
+{
+    setenv ("LLMQ_TEST_ADMIN_TOKEN", T_TOKEN, 1);
+    int port;
+    harness_t *h = s_start ("LLMQ_TEST_ADMIN_TOKEN", NULL, &port);
+    long status = 0;
+    char *body = s_http (port, "GET", "/admin/breakers", NULL, &status);
+    ck_assert_int_eq (status, 401);
+    json_error_t jerr;
+    json_t *j = json_loads (body, 0, &jerr);
+    ck_assert (json_is_string (json_object_get (j, "error")));
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/breakers", "wrong-token-5e1f0000", &status);
+    ck_assert_int_eq (status, 401);
+    free (body);
+    body = s_http (port, "GET", "/admin/breakers", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_str_eq (json_string_value (json_object_get (json_object_get (json_object_get (j, "deployments"),
+                                                                             "echo"), "breaker")), "closed");
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/workers", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_int_eq (json_integer_value (json_object_get (j, "worker_count")), 1);
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/queue", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    free (body);
+    body = s_http (port, "GET", "/admin/quota?user=alice", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_str_eq (json_string_value (json_object_get (j, "user")), "alice");
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/quota", T_TOKEN, &status);
+    ck_assert_int_eq (status, 400);
+    free (body);
+    body = s_http (port, "POST", "/admin/quota/reset?user=alice", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    free (body);
+    body = s_http (port, "GET", "/admin/history", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    free (body);
+    body = s_http (port, "POST", "/admin/breakers", T_TOKEN, &status);
+    ck_assert_int_eq (status, 405);
+    free (body);
+    h_destroy (&h);
+}
+END_TEST
+
+START_TEST (test_admin_disabled_without_token)
+{
+    int port;
+    harness_t *h = s_start (NULL, NULL, &port);
+    long status = 0;
+    char *body = s_http (port, "GET", "/admin/breakers", T_TOKEN, &status);
+    ck_assert_int_eq (status, 403);
+    ck_assert_ptr_nonnull (strstr (body, "admin_token_env"));
+    free (body);
+    h_destroy (&h);
+}
+END_TEST
+
+START_TEST (test_breaker_reset_over_http)
+{
+    setenv ("LLMQ_TEST_ADMIN_TOKEN", T_TOKEN, 1);
+    int port;
+    /*  Two server errors open the breaker for an hour: only a reset closes it. */
+    harness_t *h = s_start ("LLMQ_TEST_ADMIN_TOKEN",
+                            "breaker_failures = 2\nbreaker_min_calls = 2\nbreaker_open = 1h\n", &port);
+    llmq *c = h_client (h);
+    ck_assert_int_eq (h_mock_post (h, "/mock/faults", "{\"kind\":500,\"count\":2}"), 0);
+    for (int i = 0; i < 2; i++) {
+        llmq_result *r = s_run (c, "flaky");
+        ck_assert_int_eq (r->state, LLMQ_STATE_DEAD);
+        llmq_result_free (&r);
+    }
+    ck_assert (h_wait_stat_str (c, "deployments.flaky.breaker", "open", T_WAIT));
+    long status = 0;
+    char *text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert (s_sample (text, "llmq_breaker_state{deployment=\"flaky\"}") == 1);
+    ck_assert (s_sample (text, "llmq_breaker_transitions_total{deployment=\"flaky\",to=\"open\"}") == 1);
+    ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"flaky\",outcome=\"server\"}") == 2);
+    ck_assert (s_sample (text, "llmq_jobs_finished_total{state=\"dead\"}") == 2);
+    free (text);
+
+    char *body = s_http (port, "POST", "/admin/breakers/reset?deployment=nosuch", T_TOKEN, &status);
+    ck_assert_int_eq (status, 404);
+    free (body);
+    body = s_http (port, "POST", "/admin/breakers/reset?deployment=flaky", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert_ptr_nonnull (strstr (body, "flaky"));
+    free (body);
+    /*  The reset ran inside a broker turn: its effect is visible at once. */
+    char state[16];
+    ck_assert (h_stat_str (c, "deployments.flaky.breaker", state, sizeof state));
+    ck_assert_str_eq (state, "closed");
+    text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert (s_sample (text, "llmq_breaker_state{deployment=\"flaky\"}") == 0);
+    s_promtool (h, text);
+    free (text);
+    llmq_result *r = s_run (c, "flaky");
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    llmq_result_free (&r);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+static Suite *
+s_suite (void)
+{
+    Suite *s = suite_create ("http");
+    TCase *tc = tcase_create ("http");
+    tcase_set_timeout (tc, 120);
+    tcase_add_test (tc, test_health_ready_and_metrics);
+    tcase_add_test (tc, test_admin_needs_token);
+    tcase_add_test (tc, test_admin_disabled_without_token);
+    tcase_add_test (tc, test_breaker_reset_over_http);
+    suite_add_tcase (s, tc);
+    return s;
+}
+
+int
+main (void)
+{
+    curl_global_init (CURL_GLOBAL_DEFAULT);
+    int rc = h_run_suite (s_suite ());
+    curl_global_cleanup ();
+    return rc;
+}
