@@ -93,7 +93,7 @@ llmq_log (int level, const char *fmt, ...)
     gettimeofday (&tv, NULL);
     struct tm tm;
     gmtime_r (&tv.tv_sec, &tm);
-    char line[2048];
+    char line[4096];
     const char *lname = s_names[level < 0 ? 0 : level > 3 ? 3 : level];
     char ts[96];
     snprintf (ts, sizeof ts, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
@@ -107,11 +107,15 @@ llmq_log (int level, const char *fmt, ...)
         s_escape (msg, esc, sizeof esc);
         unsigned long long job = 0;
         char jobfield[40] = "";
-        if (sscanf (msg, "job %llu", &job) == 1) {
-            snprintf (jobfield, sizeof jobfield, ",\"job\":%llu", job);
+        if (sscanf (msg, "job %llu", &job) == 1
+            && snprintf (jobfield, sizeof jobfield, ",\"job\":%llu", job) >= (int) sizeof jobfield) {
+            jobfield[0] = '\0';
         }
-        snprintf (line, sizeof line - 2, "{\"ts\":\"%s\",\"proc\":\"%s\",\"pid\":%d,\"level\":\"%s\","
-                  "\"msg\":\"%s\"%s}", ts, s_process, (int) getpid (), lname, esc, jobfield);
+        int w = snprintf (line, sizeof line - 2, "{\"ts\":\"%s\",\"proc\":\"%s\",\"pid\":%d,\"level\":\"%s\","
+                          "\"msg\":\"%s\"%s}", ts, s_process, (int) getpid (), lname, esc, jobfield);
+        if (w < 0 || (size_t) w >= sizeof line - 2) {
+            strcpy (line + sizeof line - 6, "\"}");     /* cut: still one line, maybe not JSON */
+        }
     }
     else {
         int n = snprintf (line, sizeof line, "%s %s[%d] %s: ", ts, s_process, (int) getpid (), lname);
