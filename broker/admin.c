@@ -554,6 +554,28 @@ s_quota_reset (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_
     return json_pack ("{s:s}", "reset", user);
 }
 
+/*  "budget.show" {"user": NAME} or {"org": NAME}: quota.show's budget
+    part, {"user"|"org", "budget_micro": {...}, "budget_refused"}. */
+static json_t *
+s_budget_show (llmq_admin_t *ctx, const json_t *req, int *code, char *why, size_t whylen)
+{
+    const char *user = json_string_value (json_object_get (req, "user"));
+    const char *org = json_string_value (json_object_get (req, "org"));
+    if (!ctx->tenants || (!user && !org)) {
+        return s_fail (code, LLMQ_ERR_INVALID, why, whylen, "budget.show needs \"user\" or \"org\"");
+    }
+    json_t *q = s_quota_show (ctx, req, code, why, whylen);
+    const char *kind = user ? "user" : "org";
+    json_t *rep = q ? json_pack ("{s:s, s:O, s:O}", kind, user ? user : org,
+                                 "budget_micro", json_object_get (q, "budget_micro"),
+                                 "budget_refused", json_object_get (q, "budget_refused")) : NULL;
+    json_decref (q);
+    if (!rep && q) {
+        return s_fail (code, LLMQ_ERR_NOMEM, why, whylen, "out of memory");
+    }
+    return rep;
+}
+
 static const struct {
     const char *name;
     s_op_fn *fn;
@@ -567,6 +589,7 @@ static const struct {
     { "usage.report",    s_usage_report },
     { "quota.show",      s_quota_show },
     { "quota.reset",     s_quota_reset },
+    { "budget.show",     s_budget_show },
 };
 
 json_t *

@@ -42,6 +42,7 @@ typedef struct {
     char *host;
     uint32_t pid;
     uint64_t dispatched;            /* total, for stats */
+    llmq_worker_figures_t figures;  /* its own, from its last HEARTBEAT (/metrics) */
 } s_worker_t;
 
 typedef struct {
@@ -54,6 +55,8 @@ typedef struct {
     uint64_t grant;                 /* the router's grant for this call */
     bool granted;                   /* grant not yet ended */
     size_t dep;                     /* deployment index */
+    uint64_t dispatched_us;         /* unix µs of the DISPATCH, for the time to first chunk */
+    bool chunked;                   /* a CHUNK of this attempt arrived */
     bool degraded;                  /* served by the fallback group */
     bool last_attempt;              /* a failure ends the job (max attempts) */
     bool probe;                     /* a health probe: no job in the store */
@@ -811,28 +814,38 @@ s_client_submit (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t no
     return false;
 }
 
-static void
-s_client_cancel (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
+/*  Cancel job `id` (CANCEL, admin op streams.cancel): a running job's
+    worker is sent ABORT and its lease dropped; subscribers get the final
+    result. Returns 0 or an llmq_err (STATE: already final, NOT_FOUND). */
+static int
+s_cancel_job (llmq_broker_t *self, uint64_t id, uint64_t now)
 {
     int was = 0;
     uint64_t lease = 0;
     llmq_result_t final;
-    int rc = llmq_store_cancel (self->store, m->id, now, &was, &lease, &final, self->arena);
+    int rc = llmq_store_cancel (self->store, id, now, &was, &lease, &final, self->arena);
     if (rc == 0) {
         if (was == LLMQ_STATE_RUNNING) {
-            s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, U64_KEY (m->id));
+            s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, U64_KEY (id));
             if (l && l->worker) {
                 llmq_msg_t a = { 0 };
                 a.cmd = LLMQ_CMD_ABORT;
-                a.id = m->id;
+                a.id = id;
                 a.lease = lease;
                 s_send (self, self->backend, l->worker->identity, &a);
                 l->worker->running--;
             }
-            zhashx_delete (self->leases, U64_KEY (m->id));
+            zhashx_delete (self->leases, U64_KEY (id));
         }
         s_push_result (self, &final);
     }
+    return rc;
+}
+
+static void
+s_client_cancel (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
+{
+    int rc = s_cancel_job (self, m->id, now);
     const char *reason = rc == 0 ? "cancelled"
                        : rc == LLMQ_ERR_STATE ? "job already finished"
                        : rc == LLMQ_ERR_NOT_FOUND ? "no such job" : "store error";
@@ -886,6 +899,9 @@ s_client_status (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m)
     s_send (self, self->frontend, from, &r);
 }
 
+static json_t *s_ops_admin (llmq_broker_t *self, const json_t *req, uint64_t now, bool *handled, int *code,
+                            char *why, size_t whylen);
+
 /*  ADMIN: one operation of admin.c, JSON in and out. */
 static void
 s_client_admin (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now)
@@ -919,9 +935,13 @@ s_client_admin (llmq_broker_t *self, zframe_t *from, llmq_msg_t *m, uint64_t now
         rep = json_pack ("{s:b, s:I}", "subscribed", 1, "subscribers", (json_int_t) zlistx_size (self->event_subs));
     }
     else {
-        llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, now,
-                             NULL, NULL, self->history, self->tenants };
-        rep = llmq_admin_run (&ctx, req, &code, why, sizeof why);
+        bool handled = false;
+        rep = s_ops_admin (self, req, now, &handled, &code, why, sizeof why);
+        if (!handled) {
+            llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, now,
+                                 NULL, NULL, self->history, self->tenants };
+            rep = llmq_admin_run (&ctx, req, &code, why, sizeof why);
+        }
     }
     json_decref (req);
     char *text = rep ? json_dumps (rep, JSON_COMPACT) : NULL;
@@ -1128,6 +1148,99 @@ s_stats_json (llmq_broker_t *self)
         "entries", (json_int_t) cs.entries, "bytes", (json_int_t) cs.bytes,
         "evictions", (json_int_t) cs.evictions, "stale_served", (json_int_t) self->n_cache_stale));
     return root;
+}
+
+/*  The admin ops that need the broker's own state (leases, subscribers,
+    workers, the STATS view), which admin.c cannot see: "streams.list",
+    "streams.cancel", "breakers.list", "workers.list", "queue.show". Sets
+    *handled false (and returns NULL) for any other op; otherwise returns
+    the answer, or NULL with *code and `why` set. */
+static json_t *
+s_ops_admin (llmq_broker_t *self, const json_t *req, uint64_t now, bool *handled, int *code, char *why,
+             size_t whylen)
+{
+    static const struct {
+        const char *op;
+        const char *keys[6];
+    } views[] = {
+        { "breakers.list", { "deployments", NULL } },
+        { "workers.list",  { "workers", "worker_count", "free_slots", NULL } },
+        { "queue.show",    { "queued", "queued_by_priority", "delayed", "in_flight", "routes", NULL } },
+    };
+    const char *op = json_string_value (json_object_get (req, "op"));
+    *handled = true;
+    json_t *rep = NULL;
+    if (!op) {
+        *handled = false;
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+        if (strcmp (op, views[i].op) == 0) {
+            json_t *root = s_stats_json (self);
+            rep = root ? json_object () : NULL;
+            for (size_t k = 0; rep && views[i].keys[k]; k++) {
+                json_object_set (rep, views[i].keys[k], json_object_get (root, views[i].keys[k]));
+            }
+            json_decref (root);
+            goto done;
+        }
+    }
+    if (strcmp (op, "streams.list") == 0) {
+        /*  Running jobs whose subscriber takes their chunks. */
+        json_t *list = json_array ();
+        for (s_lease_t *l = (s_lease_t *) zhashx_first (self->leases); l && list;
+             l = (s_lease_t *) zhashx_next (self->leases)) {
+            uint64_t id = (uint64_t) (uintptr_t) zhashx_cursor (self->leases);
+            s_sub_t *sub = (s_sub_t *) zhashx_lookup (self->subs, U64_KEY (id));
+            if (l->probe || !sub || !sub->stream) {
+                continue;
+            }
+            llmq_result_t res;
+            bool known = llmq_store_status (self->store, id, &res, self->arena) == 0;
+            json_array_append_new (list, json_pack ("{s:I, s:s, s:s, s:s?, s:I, s:I}",
+                "id", (json_int_t) id,
+                "model", known && res.model ? res.model : "",
+                "deployment", l->dep < self->config->ndeployments ? self->config->deployments[l->dep].name : "",
+                "worker", l->worker ? l->worker->key : NULL,
+                "chunks", (json_int_t) l->chunks,
+                "started_us", (json_int_t) (known ? res.started_us : 0)));
+        }
+        rep = list ? json_pack ("{s:o}", "streams", list) : NULL;
+        goto done;
+    }
+    if (strcmp (op, "streams.cancel") == 0) {
+        json_t *jid = json_object_get (req, "id");
+        json_int_t id = json_is_integer (jid) ? json_integer_value (jid) : 0;
+        if (id <= 0) {
+            *code = LLMQ_ERR_INVALID;
+            snprintf (why, whylen, "field 'id': expected a job id (a positive integer)");
+            return NULL;
+        }
+        s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, U64_KEY ((uint64_t) id));
+        s_sub_t *sub = (s_sub_t *) zhashx_lookup (self->subs, U64_KEY ((uint64_t) id));
+        if (!l || l->probe || !sub || !sub->stream) {
+            *code = LLMQ_ERR_NOT_FOUND;
+            snprintf (why, whylen, "no running stream %lld", (long long) id);
+            return NULL;
+        }
+        int rc = s_cancel_job (self, (uint64_t) id, now);
+        if (rc) {
+            *code = rc;
+            snprintf (why, whylen, "job %lld: %s", (long long) id,
+                      rc == LLMQ_ERR_STATE ? "already finished" : "store error");
+            return NULL;
+        }
+        rep = json_pack ("{s:I}", "cancelled", (json_int_t) id);
+        goto done;
+    }
+    *handled = false;
+    return NULL;
+done:
+    if (!rep) {
+        *code = LLMQ_ERR_NOMEM;
+        snprintf (why, whylen, "out of memory");
+    }
+    return rep;
 }
 
 static void
@@ -1482,11 +1595,15 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
 }
 
 static void
-s_worker_chunk (llmq_broker_t *self, llmq_msg_t *m)
+s_worker_chunk (llmq_broker_t *self, llmq_msg_t *m, uint64_t now)
 {
     s_lease_t *l = (s_lease_t *) zhashx_lookup (self->leases, U64_KEY (m->id));
     if (!l || l->lease != m->lease) {
         return;                     /* from an older attempt: never forwarded */
+    }
+    if (!l->chunked) {
+        l->chunked = true;
+        llmq_metrics_first_chunk (self->metrics, l->dep, now > l->dispatched_us ? now - l->dispatched_us : 0);
     }
     s_sub_t *sub = (s_sub_t *) zhashx_lookup (self->subs, U64_KEY (m->id));
     if (sub && sub->stream) {
@@ -1580,7 +1697,7 @@ s_on_worker (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
         }
     }
     else if (m.cmd == LLMQ_CMD_CHUNK) {
-        s_worker_chunk (self, &m);
+        s_worker_chunk (self, &m, now);
     }
     else if (!w) {
         /* HEARTBEAT, CREDIT or BYE from a worker we do not know (we
@@ -1597,7 +1714,13 @@ s_on_worker (llmq_broker_t *self, zmsg_t **msg_p, uint64_t now)
         s_worker_remove (self, w, false, now);
         w = NULL;
     }
-    else if (m.cmd != LLMQ_CMD_HEARTBEAT) {
+    else if (m.cmd == LLMQ_CMD_HEARTBEAT) {
+        /*  Its figures, if it sends any (older workers do not). */
+        if (m.json && llmq_metrics_figures_parse (m.json, &w->figures) != 0) {
+            llmq_debug ("worker %s: HEARTBEAT figures are not a JSON object: ignored", key);
+        }
+    }
+    else {
         self->n_bad_messages++;
         s_reply_error (self, self->backend, from, 0, LLMQ_CMD_ERROR, LLMQ_ERR_UNKNOWN_COMMAND,
                        "command not accepted on the worker socket");
@@ -1760,6 +1883,9 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
             }
             continue;
         }
+        if (avoid != SIZE_MAX && pick.dep != avoid) {
+            llmq_metrics_failover (self->metrics, best_group);
+        }
         zhashx_delete (self->avoid, U64_KEY (job.id));
         llmq_metrics_wait (self->metrics, job.priority, now > job.enqueued_us ? now - job.enqueued_us : 0);
         if (self->fair) {
@@ -1794,6 +1920,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         l->grant = llmq_router_grant (self->router, &pick, tokens, job.attempts > 0, now_ms);
         l->granted = true;
         l->dep = pick.dep;
+        l->dispatched_us = now;
         l->degraded = pick.degraded;
         s_cache_lease (self, &job, l);
         if ((job.user && *job.user) || (job.org && *job.org)) {
@@ -2242,43 +2369,34 @@ s_http_metrics (void *arg, size_t *len)
         .commits = self->n_commits, .commit_us = self->commit_us,
         .workers = zhashx_size (self->workers)
     };
+    size_t n = zhashx_size (self->workers), i = 0;
+    llmq_metrics_worker_t *list = (llmq_metrics_worker_t *) calloc (n ? n : 1, sizeof *list);
+    if (!list) {
+        return NULL;
+    }
     for (s_worker_t *w = (s_worker_t *) zhashx_first (self->workers); w; w = (s_worker_t *) zhashx_next (self->workers)) {
         src.slots_free += w->credit;
+        if (i < n) {
+            list[i++] = (llmq_metrics_worker_t) { .id = w->key, .host = w->host, .figures = &w->figures };
+        }
     }
-    return llmq_metrics_render (self->metrics, &src, len);
+    src.worker_list = list;
+    src.nworker_list = i;
+    char *text = llmq_metrics_render (self->metrics, &src, len);
+    free (list);
+    return text;
 }
 
-/*  The views "http.*" are parts of the STATS reply; the rest are admin.c's. */
+/*  The broker-state ops (s_ops_admin: streams, breakers, workers, queue)
+    here; the rest are admin.c's. */
 static json_t *
 s_http_admin (void *arg, json_t *req, int *code, char *why, size_t whylen)
 {
     llmq_broker_t *self = (llmq_broker_t *) arg;
-    const char *op = json_string_value (json_object_get (req, "op"));
-    if (op && strncmp (op, "http.", 5) == 0) {
-        static const struct {
-            const char *op;
-            const char *keys[6];
-        } views[] = {
-            { "http.breakers", { "deployments", NULL } },
-            { "http.workers", { "workers", "worker_count", "free_slots", NULL } },
-            { "http.queue", { "queued", "queued_by_priority", "delayed", "in_flight", "routes", NULL } },
-        };
-        for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
-            if (strcmp (op, views[i].op) != 0) {
-                continue;
-            }
-            json_t *root = s_stats_json (self);
-            json_t *rep = json_object ();
-            for (size_t k = 0; root && rep && views[i].keys[k]; k++) {
-                json_object_set (rep, views[i].keys[k], json_object_get (root, views[i].keys[k]));
-            }
-            json_decref (root);
-            if (!rep) {
-                *code = LLMQ_ERR_NOMEM;
-                snprintf (why, whylen, "out of memory");
-            }
-            return rep;
-        }
+    bool handled = false;
+    json_t *rep = s_ops_admin (self, req, llmq_now_us (), &handled, code, why, whylen);
+    if (handled) {
+        return rep;
     }
     llmq_admin_t ctx = { self->store, self->router, self->config, self->arena, llmq_now_us (),
                          NULL, NULL, self->history, self->tenants };

@@ -12,6 +12,9 @@
       GET  /admin/quota?user=NAME   (or ?org=NAME) limits, usage, budgets
       POST /admin/quota/reset?user=NAME
       GET  /admin/history           the last breaker state changes
+      GET  /admin/streams           running jobs streaming to a client
+      POST /admin/streams/cancel?id=N   cancel one of them
+      GET  /admin/budget?user=NAME  (or ?org=NAME) budgets and spend
     /admin/ wants "Authorization: Bearer TOKEN" when a token is configured
     and answers 403 when none is. Errors are JSON: {"error": "..."}.
 */
@@ -22,6 +25,7 @@
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +34,7 @@
 /*  LLMQ_ERR_* values used here (client/include/llmq.h; never renumbered). */
 #define S_ERR_INVALID   1
 #define S_ERR_NOT_FOUND 6
+#define S_ERR_STATE     14
 
 struct llmq_http {
     struct MHD_Daemon *daemon;
@@ -124,13 +129,16 @@ s_admin (llmq_http_t *self, struct MHD_Connection *con, const char *method, cons
     static const struct {
         const char *method, *path, *op;
     } routes[] = {
-        { "GET",  "/admin/breakers",       "http.breakers" },
+        { "GET",  "/admin/breakers",       "breakers.list" },
         { "POST", "/admin/breakers/reset", "breaker.reset" },
-        { "GET",  "/admin/workers",        "http.workers" },
-        { "GET",  "/admin/queue",          "http.queue" },
+        { "GET",  "/admin/workers",        "workers.list" },
+        { "GET",  "/admin/queue",          "queue.show" },
         { "GET",  "/admin/quota",          "quota.show" },
         { "POST", "/admin/quota/reset",    "quota.reset" },
         { "GET",  "/admin/history",        "breaker.history" },
+        { "GET",  "/admin/streams",        "streams.list" },
+        { "POST", "/admin/streams/cancel", "streams.cancel" },
+        { "GET",  "/admin/budget",         "budget.show" },
     };
     const char *op = NULL;
     bool path_known = false;
@@ -154,6 +162,15 @@ s_admin (llmq_http_t *self, struct MHD_Connection *con, const char *method, cons
             json_object_set_new (req, args[i], json_string (v));
         }
     }
+    /*  A job id travels as a JSON integer; anything else as given, for the
+        op to refuse by name. */
+    const char *id = MHD_lookup_connection_value (con, MHD_GET_ARGUMENT_KIND, "id");
+    if (req && id && *id) {
+        char *end = NULL;
+        unsigned long long v = strtoull (id, &end, 10);
+        bool digits = *end == '\0' && id[0] >= '0' && id[0] <= '9' && v <= (unsigned long long) INT64_MAX;
+        json_object_set_new (req, "id", digits ? json_integer ((json_int_t) v) : json_string (id));
+    }
     if (!req) {
         return MHD_NO;
     }
@@ -163,7 +180,8 @@ s_admin (llmq_http_t *self, struct MHD_Connection *con, const char *method, cons
     json_decref (req);
     if (!rep) {
         unsigned status = code == S_ERR_INVALID ? MHD_HTTP_BAD_REQUEST
-                        : code == S_ERR_NOT_FOUND ? MHD_HTTP_NOT_FOUND : MHD_HTTP_INTERNAL_SERVER_ERROR;
+                        : code == S_ERR_NOT_FOUND ? MHD_HTTP_NOT_FOUND
+                        : code == S_ERR_STATE ? MHD_HTTP_CONFLICT : MHD_HTTP_INTERNAL_SERVER_ERROR;
         return s_json_error (con, status, why[0] ? why : "admin operation failed");
     }
     return s_json (con, MHD_HTTP_OK, rep);

@@ -10,6 +10,7 @@
 #include "codec.h"
 
 #include <czmq.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,9 @@ struct llmq_metrics {
     size_t nslots;                      /* deployments kept apart, plus "other" if any */
     uint64_t (*calls)[S_NEC];           /* [slot][error class] */
     s_hist_t *latency;                  /* [slot] */
+    s_hist_t *ttfc;                     /* [slot]: dispatch to first chunk */
+    size_t ngslots;                     /* groups kept apart, plus "other" if any */
+    uint64_t *failovers;                /* [group slot] */
     uint64_t (*transitions)[S_NSTATE];  /* [slot][to] */
     s_hist_t wait[LLMQ_NPRIO];
     s_model_t *models;                  /* in order of first use; the last may be "other" */
@@ -86,9 +90,14 @@ llmq_metrics_new (const llmq_config_t *config)
     self->calls = calloc (alloc, sizeof *self->calls);
     self->latency = (s_hist_t *) calloc (alloc, sizeof *self->latency);
     self->transitions = calloc (alloc, sizeof *self->transitions);
+    self->ttfc = (s_hist_t *) calloc (alloc, sizeof *self->ttfc);
+    size_t ng = config->ngroups;
+    self->ngslots = ng <= LLMQ_METRICS_MAX_LABELS ? ng : LLMQ_METRICS_MAX_LABELS + 1;
+    self->failovers = (uint64_t *) calloc (self->ngslots ? self->ngslots : 1, sizeof *self->failovers);
     self->models = (s_model_t *) calloc (LLMQ_METRICS_MAX_LABELS + 1, sizeof *self->models);
     self->model_index = zhashx_new ();
-    if (!self->calls || !self->latency || !self->transitions || !self->models || !self->model_index) {
+    if (!self->calls || !self->latency || !self->transitions || !self->ttfc || !self->failovers
+        || !self->models || !self->model_index) {
         llmq_metrics_destroy (&self);
         return NULL;
     }
@@ -103,6 +112,8 @@ llmq_metrics_destroy (llmq_metrics_t **self_p)
         free (self->calls);
         free (self->latency);
         free (self->transitions);
+        free (self->ttfc);
+        free (self->failovers);
         if (self->models) {
             for (size_t i = 0; i < self->nmodels; i++) {
                 free (self->models[i].name);
@@ -144,6 +155,52 @@ llmq_metrics_transition (llmq_metrics_t *self, size_t dep, int to)
         return;
     }
     self->transitions[s_slot (self, dep)][to]++;
+}
+
+void
+llmq_metrics_first_chunk (llmq_metrics_t *self, size_t dep, uint64_t ttfc_us)
+{
+    if (!self || dep >= self->config->ndeployments) {
+        return;
+    }
+    s_hist_add (&self->ttfc[s_slot (self, dep)], s_latency_bounds, (double) ttfc_us / 1e6);
+}
+
+void
+llmq_metrics_failover (llmq_metrics_t *self, size_t group)
+{
+    if (!self || group >= self->config->ngroups) {
+        return;
+    }
+    self->failovers[group < LLMQ_METRICS_MAX_LABELS ? group : LLMQ_METRICS_MAX_LABELS]++;
+}
+
+/*  A JSON number as a non-negative count (0 when missing or not one). */
+static uint64_t
+s_count (const json_t *o, const char *key)
+{
+    const json_t *v = json_object_get (o, key);
+    double d = json_is_number (v) ? json_number_value (v) : 0;
+    return d > 0 && d < 1.8e19 ? (uint64_t) d : 0;
+}
+
+int
+llmq_metrics_figures_parse (const char *json, llmq_worker_figures_t *out)
+{
+    json_t *o = json ? json_loads (json, JSON_REJECT_DUPLICATES, NULL) : NULL;
+    if (!json_is_object (o)) {
+        json_decref (o);
+        return -1;
+    }
+    const json_t *cpu = json_object_get (o, "cpu_seconds");
+    out->known = true;
+    out->calls = s_count (o, "calls");
+    out->calls_failed = s_count (o, "calls_failed");
+    out->cpu_seconds = json_is_number (cpu) && json_number_value (cpu) > 0 ? json_number_value (cpu) : 0;
+    out->in_flight = s_count (o, "in_flight");
+    out->slots = s_count (o, "slots");
+    json_decref (o);
+    return 0;
 }
 
 void
@@ -290,6 +347,26 @@ s_render_queue (FILE *f, const llmq_metrics_src_t *src)
     if (nr > kept) {
         fprintf (f, "llmq_queue_running{group=\"other\"} %llu\n", (unsigned long long) other_running);
     }
+    /*  The head of the ready index is the next job to go (smallest virtual
+        deadline): its age says how stale the queue's front is. */
+    uint64_t now_us = src->now_ms * 1000, other_age = 0;
+    s_head (f, "llmq_queue_oldest_age_seconds", "gauge",
+            "Age of the head of each model group's ready queue (0 when empty).");
+    for (size_t i = 0; i < nr; i++) {
+        uint64_t enq = 0, age = 0;
+        if (llmq_store_head_enqueued (src->store, rs[i].number, &enq) == 0 && now_us > enq) {
+            age = now_us - enq;
+        }
+        if (i >= kept) {
+            other_age = age > other_age ? age : other_age;
+            continue;
+        }
+        fprintf (f, "llmq_queue_oldest_age_seconds{group=\"%s\"} %.3f\n",
+                 llmq_metrics_escape (rs[i].name, esc, sizeof esc), (double) age / 1e6);
+    }
+    if (nr > kept) {
+        fprintf (f, "llmq_queue_oldest_age_seconds{group=\"other\"} %.3f\n", (double) other_age / 1e6);
+    }
 }
 
 /*  Breaker severity, to fold several breakers into one "other" value. */
@@ -334,6 +411,12 @@ s_render_deployments (llmq_metrics_t *self, FILE *f, const llmq_metrics_src_t *s
     for (size_t s = 0; s < ns; s++) {
         s_hist (f, "llmq_provider_latency_seconds", "deployment", s_slot_name (self, s), s_latency_bounds,
                 &self->latency[s]);
+    }
+    s_head (f, "llmq_time_to_first_chunk_seconds", "histogram",
+            "Time from dispatch to the first chunk of a streamed attempt, by deployment.");
+    for (size_t s = 0; s < ns; s++) {
+        s_hist (f, "llmq_time_to_first_chunk_seconds", "deployment", s_slot_name (self, s), s_latency_bounds,
+                &self->ttfc[s]);
     }
     s_head (f, "llmq_breaker_state", "gauge", "Circuit breaker state: 0 closed, 1 open, 2 half-open.");
     for (size_t s = 0; s < ns; s++) {
@@ -388,6 +471,40 @@ s_render_models (llmq_metrics_t *self, FILE *f)
     }
 }
 
+/*  The workers' own figures (their last HEARTBEAT), one series per
+    connected worker; zeros until its first HEARTBEAT with figures. */
+static void
+s_render_workers (FILE *f, const llmq_metrics_src_t *src)
+{
+    static const struct { const char *name, *type, *help; } m[] = {
+        { "llmq_worker_calls_total", "counter", "Provider calls a worker reported since it started." },
+        { "llmq_worker_cpu_seconds_total", "counter", "CPU time (user + system) a worker used since it started." },
+        { "llmq_worker_in_flight", "gauge", "Provider calls a worker runs now." },
+        { "llmq_worker_slots", "gauge", "Slots a worker has (concurrent calls)." },
+    };
+    size_t n = src->nworker_list, kept = n < LLMQ_METRICS_MAX_LABELS ? n : LLMQ_METRICS_MAX_LABELS;
+    for (size_t k = 0; k < sizeof m / sizeof m[0]; k++) {
+        s_head (f, m[k].name, m[k].type, m[k].help);
+        double other = 0;
+        for (size_t i = 0; i < n; i++) {
+            const llmq_worker_figures_t *fg = src->worker_list[i].figures;
+            double v = !fg ? 0 : k == 0 ? (double) fg->calls : k == 1 ? fg->cpu_seconds
+                     : k == 2 ? (double) fg->in_flight : (double) fg->slots;
+            if (i >= kept) {
+                other += v;
+                continue;
+            }
+            char id[128], host[512];
+            fprintf (f, "%s{worker=\"%s\",host=\"%s\"} %.*f\n", m[k].name,
+                     llmq_metrics_escape (src->worker_list[i].id, id, sizeof id),
+                     llmq_metrics_escape (src->worker_list[i].host, host, sizeof host), k == 1 ? 6 : 0, v);
+        }
+        if (n > kept) {
+            fprintf (f, "%s{worker=\"other\",host=\"\"} %.*f\n", m[k].name, k == 1 ? 6 : 0, other);
+        }
+    }
+}
+
 char *
 llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t *len)
 {
@@ -415,6 +532,15 @@ llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t
         s_hist (f, "llmq_queue_wait_seconds", "priority", s_prio_names[p], s_wait_bounds, &self->wait[p]);
     }
     s_render_deployments (self, f, src);
+    s_head (f, "llmq_failovers_total", "counter",
+            "Retries dispatched to another deployment than the one their last attempt failed on, by group.");
+    for (size_t g = 0; g < self->ngslots; g++) {
+        char esc[512];
+        fprintf (f, "llmq_failovers_total{group=\"%s\"} %llu\n",
+                 llmq_metrics_escape (g < LLMQ_METRICS_MAX_LABELS ? self->config->groups[g].name : "other",
+                                      esc, sizeof esc),
+                 (unsigned long long) self->failovers[g]);
+    }
     s_plain (f, "llmq_retry_budget_refused_total", "counter", "Retries refused because the deployment's retry budget was spent.",
              src->retry_budget_refused);
     s_plain (f, "llmq_probes_total", "counter", "Active health probes completed.", src->probes);
@@ -434,6 +560,7 @@ llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t
     s_render_models (self, f);
     s_plain (f, "llmq_workers", "gauge", "Workers connected.", src->workers);
     s_plain (f, "llmq_worker_slots_free", "gauge", "Jobs the connected workers may still be sent.", src->slots_free);
+    s_render_workers (f, src);
     uint64_t used = 0, map = 0, max = 0;
     llmq_store_space (src->store, &used, &map, &max);
     s_plain (f, "llmq_store_used_bytes", "gauge", "Bytes of the store's map in use.", used);

@@ -19,6 +19,7 @@
 #ifndef LLMQ_METRICS_H
 #define LLMQ_METRICS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,34 @@ void llmq_metrics_transition (llmq_metrics_t *self, size_t dep, int to);
 void llmq_metrics_usage (llmq_metrics_t *self, const char *model, uint64_t prompt_tokens,
                          uint64_t completion_tokens, uint64_t cost_micro);
 
+/*  The first CHUNK of a streamed attempt on deployment `dep` arrived
+    `ttfc_us` after its DISPATCH (once per attempt). */
+void llmq_metrics_first_chunk (llmq_metrics_t *self, size_t dep, uint64_t ttfc_us);
+/*  A retry of a job of config group `group` (index in config->groups) was
+    dispatched to another deployment than the one its last attempt failed on. */
+void llmq_metrics_failover (llmq_metrics_t *self, size_t group);
+
+/*  A worker's own figures, totals since it started, as its HEARTBEAT
+    carries them (docs/protocol.md, section 7). */
+typedef struct {
+    bool known;                     /* a HEARTBEAT with figures arrived */
+    uint64_t calls, calls_failed;   /* provider calls reported, of which failed */
+    double cpu_seconds;             /* user + system */
+    uint64_t in_flight, slots;
+} llmq_worker_figures_t;
+
+/*  Read a HEARTBEAT's `json` into *out. Returns 0, or -1 (and leaves *out
+    alone) when it is not a JSON object; missing or mistyped members read
+    as 0. Outside input: never trusted beyond that. */
+int llmq_metrics_figures_parse (const char *json, llmq_worker_figures_t *out);
+
+/*  One connected worker, for llmq_worker_* (borrowed). */
+typedef struct {
+    const char *id;                 /* as in STATS: its routing id in hex */
+    const char *host;               /* from HELLO, or NULL */
+    const llmq_worker_figures_t *figures;
+} llmq_metrics_worker_t;
+
 /*  What is read at scrape time. All borrowed for the call. */
 typedef struct {
     llmq_store_t *store;
@@ -59,6 +88,8 @@ typedef struct {
     uint64_t cache_hits, cache_misses;
     uint64_t commits, commit_us;
     uint64_t workers, slots_free;
+    const llmq_metrics_worker_t *worker_list;   /* nworker_list connected workers */
+    size_t nworker_list;
 } llmq_metrics_src_t;
 
 /*  The whole exposition, Prometheus text format 0.0.4. Returns a string

@@ -1152,6 +1152,52 @@ llmq_store_peek (llmq_store_t *self, uint32_t route, uint64_t *id, uint64_t *vde
 }
 
 int
+llmq_store_head_enqueued (llmq_store_t *self, uint32_t route, uint64_t *enqueued_us)
+{
+    if (route == 0 || route > self->nroutes) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    const llmq_route_stats_t *st = &self->routes_v[route - 1].stats;
+    if (!(st->ready[0] | st->ready[1] | st->ready[2] | st->ready[3])) {
+        return LLMQ_ERR_NOT_FOUND;
+    }
+    MDB_txn *txn = self->txn;
+    if (!txn && mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0) {
+        return LLMQ_ERR_STORE;
+    }
+    llmq_arena_t *arena = llmq_arena_new ();
+    MDB_cursor *c = NULL;
+    int rc = arena ? mdb_cursor_open (txn, self->ready, &c) : ENOMEM;
+    s_ready_key_t rk;
+    MDB_val k = s_ready_key (&rk, route, 0, 0), v;
+    if (rc == 0) {
+        rc = mdb_cursor_get (c, &k, &v, MDB_SET_RANGE);
+        mdb_cursor_close (c);
+    }
+    if (rc == 0 && (k.mv_size != 20 || s_get32 ((const unsigned char *) k.mv_data) != route)) {
+        rc = MDB_NOTFOUND;
+    }
+    if (rc == 0) {
+        /*  The key lives in the transaction: copy the id out first. */
+        s_id_key_t ik;
+        MDB_val jk = s_id_key (&ik, s_get64 ((const unsigned char *) k.mv_data + 12)), jv;
+        rc = mdb_get (txn, self->jobs, &jk, &jv);
+        llmq_job_t job;
+        if (rc == 0 && llmq_job_decode (jv.mv_data, jv.mv_size, &job, arena) == 0) {
+            *enqueued_us = job.enqueued_us;
+        }
+        else if (rc == 0) {
+            rc = MDB_CORRUPTED;
+        }
+    }
+    if (txn != self->txn) {
+        mdb_txn_abort (txn);
+    }
+    llmq_arena_destroy (&arena);
+    return rc == ENOMEM ? LLMQ_ERR_NOMEM : s_err (rc);
+}
+
+int
 llmq_store_lease (llmq_store_t *self, uint64_t id, uint64_t now, llmq_job_t *job,
                   llmq_result_t *final, llmq_arena_t *arena)
 {

@@ -119,6 +119,13 @@ int  llmq_store_submit_all (llmq_store_t *self, llmq_job_t *jobs, size_t n, uint
     Returns 0 and fills *id, *vdeadline, or LLMQ_ERR_NOT_FOUND if empty. */
 int  llmq_store_peek (llmq_store_t *self, uint32_t route, uint64_t *id, uint64_t *vdeadline);
 
+/*  When the head of a route's ready index (as llmq_store_peek) was
+    enqueued, unix µs, into *enqueued_us (a retry keeps its first
+    enqueue). Inside the turn's transaction or, between turns, in a read
+    transaction of its own. Returns 0, LLMQ_ERR_NOT_FOUND if the route has
+    no ready job, LLMQ_ERR_STORE or LLMQ_ERR_NOMEM. */
+int  llmq_store_head_enqueued (llmq_store_t *self, uint32_t route, uint64_t *enqueued_us);
+
 /*  Lease a ready job: out of the ready index, into leases with a new lease
     token. Fills *job (strings in `arena`). A job whose deadline passed is
     expired instead: returns LLMQ_ERR_EXPIRED and fills *final. */

@@ -31,6 +31,7 @@ static const char s_usage[] =
     "  quota USER              a user's tier limits, usage and budgets\n"
     "  events                  print the broker's notices (budget alerts) as they come\n"
     "  top                     a live view: throughput, queue, breakers, workers\n"
+    "  admin VERB              operator's view: breakers, workers, queue, streams...\n"
     "  version                 print the client version\n"
     "\n"
     "Global options (also accepted after the command):\n"
@@ -278,6 +279,9 @@ main (int argc, char **argv)
     }
     if (strcmp (command, "top") == 0) {
         return cmd_top (&cli, cargc, cargv);
+    }
+    if (strcmp (command, "admin") == 0) {
+        return cmd_admin (&cli, cargc, cargv);
     }
     if (strcmp (command, "version") == 0) {
         return s_version ();

@@ -76,5 +76,6 @@ int  cmd_report (cli_t *cli, int argc, char **argv);
 int  cmd_quota  (cli_t *cli, int argc, char **argv);
 int  cmd_events (cli_t *cli, int argc, char **argv);
 int  cmd_top    (cli_t *cli, int argc, char **argv);
+int  cmd_admin  (cli_t *cli, int argc, char **argv);
 
 #endif

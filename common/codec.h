@@ -61,7 +61,7 @@ typedef enum {
     /* worker -> broker */
     LLMQ_CMD_HELLO      = 0x61,   /* slots, host, pid, version */
     LLMQ_CMD_CREDIT     = 0x62,   /* slots: more credit granted (added) */
-    LLMQ_CMD_HEARTBEAT  = 0x63,   /* (both directions) */
+    LLMQ_CMD_HEARTBEAT  = 0x63,   /* (both directions); a worker's may carry json (figures) */
     LLMQ_CMD_DONE       = 0x64,   /* id, lease, results[] (each with id and lease) */
     LLMQ_CMD_FAILED     = 0x65,   /* id, lease, results[0] (error_class, http_status, error), retry_after_ms */
     LLMQ_CMD_BYE        = 0x66,   /* */
@@ -191,7 +191,8 @@ typedef struct {
     const char *version;        /* HELLO: software version string */
     const char *deployment;     /* DISPATCH */
     uint64_t timeout_ms;        /* DISPATCH: total time allowed for the call */
-    const char *json;           /* STATS_REP, RESULTS: a JSON document */
+    const char *json;           /* STATS_REP, RESULTS: a JSON document;
+                                   HEARTBEAT from a worker: its figures, or NULL */
 } llmq_msg_t;
 
 /*  Arena: decoded strings and arrays live here until reset. */

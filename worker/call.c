@@ -115,6 +115,14 @@ s_send_outcome (llmq_worker_t *w, uint64_t id, uint64_t lease, const llmq_deploy
         .rl_reset_ms = rl ? rl_reset_ms : 0,
     };
     llmq_msg_t m = { .id = id, .lease = lease, .slots = 1, .results = &res, .nresults = 1 };
+    /*  The figures of our HEARTBEATs (worker.c s_figures). */
+    w->ncalls++;
+    if (reply->error_class != LLMQ_EC_NONE) {
+        w->ncalls_failed++;
+    }
+    if (dep && w->deps && dep >= w->cfg->deployments && dep < w->cfg->deployments + w->cfg->ndeployments) {
+        w->deps[dep - w->cfg->deployments].calls++;
+    }
     if (reply->error_class == LLMQ_EC_NONE) {
         /*  Results that end in the same loop turn go as one DONE
             (llmq_worker_flush_done): one message instead of one per job. */

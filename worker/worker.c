@@ -32,9 +32,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -324,13 +326,44 @@ llmq_worker_stop (llmq_worker_t *self)
     }
 }
 
+/*  The figures a HEARTBEAT carries (docs/protocol.md, section 7): totals
+    since start as a JSON object, or NULL on out of memory. Caller frees. */
+static char *
+s_figures (llmq_worker_t *w)
+{
+    struct rusage ru;
+    double cpu = 0;
+    if (getrusage (RUSAGE_SELF, &ru) == 0) {
+        cpu = (double) ru.ru_utime.tv_sec + (double) ru.ru_utime.tv_usec / 1e6
+            + (double) ru.ru_stime.tv_sec + (double) ru.ru_stime.tv_usec / 1e6;
+    }
+    json_t *providers = json_object ();
+    for (size_t i = 0; providers && w->deps && i < w->cfg->ndeployments; i++) {
+        const char *name = w->cfg->deployments[i].provider ? w->cfg->deployments[i].provider : "";
+        json_t *n = json_object_get (providers, name);
+        json_int_t prev = n ? json_integer_value (n) : 0;
+        json_object_set_new (providers, name, json_integer (prev + (json_int_t) w->deps[i].calls));
+    }
+    json_t *root = json_object ();
+    json_object_set_new (root, "calls", json_integer ((json_int_t) w->ncalls));
+    json_object_set_new (root, "calls_failed", json_integer ((json_int_t) w->ncalls_failed));
+    json_object_set_new (root, "cpu_seconds", json_real (cpu));
+    json_object_set_new (root, "in_flight", json_integer ((json_int_t) (w->nslots - w->nfree)));
+    json_object_set_new (root, "slots", json_integer ((json_int_t) w->nslots));
+    json_object_set_new (root, "providers", providers);
+    char *text = root && providers ? json_dumps (root, JSON_COMPACT) : NULL;
+    json_decref (root);
+    return text;
+}
+
 /*  Poll timeout in ms: the nearest of curl's timer, our heartbeat and the
     broker's liveness deadline, rounded up so that we never wake early. */
 static long
 s_poll_timeout (llmq_worker_t *w)
 {
     uint64_t now = llmq_mono_us ();
-    uint64_t due = (w->last_send_ms + w->heartbeat_ms) * 1000;
+    uint64_t last = w->figures_ms < w->last_send_ms ? w->figures_ms : w->last_send_ms;
+    uint64_t due = (last + w->heartbeat_ms) * 1000;
     uint64_t dead = (w->last_recv_ms + w->heartbeat_ms * w->liveness) * 1000;
     if (dead < due) {
         due = dead;
@@ -403,9 +436,14 @@ llmq_worker_run (llmq_worker_t *w)
                 break;
             }
         }
-        else if (now - w->last_send_ms >= w->heartbeat_ms) {
-            llmq_msg_t hb = { .cmd = LLMQ_CMD_HEARTBEAT };
+        else if (now - w->last_send_ms >= w->heartbeat_ms || now - w->figures_ms >= w->heartbeat_ms) {
+            /*  Also when busy (other messages count as signs of life), so
+                that the figures stay at most a heartbeat old. */
+            char *figures = s_figures (w);
+            llmq_msg_t hb = { .cmd = LLMQ_CMD_HEARTBEAT, .json = figures };
             llmq_worker_send (w, &hb);
+            w->figures_ms = now;
+            free (figures);
         }
     }
     free (items);

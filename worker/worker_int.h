@@ -62,6 +62,7 @@ typedef struct {
     llmq_endpoint_t *eps;       /* max(1, number of keys) entries */
     bool   *ready;              /* eps[i] is built */
     size_t  neps;
+    uint64_t calls;             /* provider calls reported (DONE / FAILED) since start */
 } llmq_dep_eps_t;
 
 /*  A socket curl asked us to watch. */
@@ -106,6 +107,10 @@ struct llmq_worker {
     llmq_text_t chunk;          /* NUL-terminated copy of a delta for CHUNK */
     uint64_t ndone;             /* counters for the exit line */
     uint64_t nfailed;
+    /* Figures sent with each HEARTBEAT (docs/protocol.md, section 7). */
+    uint64_t ncalls;            /* provider calls reported (DONE / FAILED) since start */
+    uint64_t ncalls_failed;     /* of which FAILED */
+    uint64_t figures_ms;        /* monotonic: last HEARTBEAT, figures sent */
 };
 
 /*  worker.c */

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define T_WAIT  20000           /* ms: generous, these are not timing tests */
@@ -298,6 +299,29 @@ START_TEST (test_admin_needs_token)
     body = s_http (port, "POST", "/admin/breakers", T_TOKEN, &status);
     ck_assert_int_eq (status, 405);
     free (body);
+    /*  The operator views: no stream runs, so none listed and none to cancel. */
+    body = s_http (port, "GET", "/admin/streams", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_int_eq (json_array_size (json_object_get (j, "streams")), 0);
+    json_decref (j);
+    free (body);
+    body = s_http (port, "POST", "/admin/streams/cancel?id=99", T_TOKEN, &status);
+    ck_assert_int_eq (status, 404);
+    free (body);
+    body = s_http (port, "POST", "/admin/streams/cancel?id=x", T_TOKEN, &status);
+    ck_assert_int_eq (status, 400);
+    free (body);
+    body = s_http (port, "GET", "/admin/budget?org=acme", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_str_eq (json_string_value (json_object_get (j, "org")), "acme");
+    ck_assert (json_is_object (json_object_get (j, "budget_micro")));
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/budget", T_TOKEN, &status);
+    ck_assert_int_eq (status, 400);
+    free (body);
     h_destroy (&h);
 }
 END_TEST
@@ -361,6 +385,225 @@ START_TEST (test_breaker_reset_over_http)
 }
 END_TEST
 
+/*  As s_start, with `broker` appended to [broker], `tail` to the config
+    (the mock provider started when `tail` is not NULL; "@PORT@" in it is
+    the mock's port), and `workers`
+    workers of 4 slots each (0: none yet). */
+static harness_t *
+s_start_conf (const char *broker, const char *tail, int workers, int *port)
+{
+    char extra[512];
+    snprintf (extra, sizeof extra, "http = 127.0.0.1:0\nprobe_interval = 0s\n%s", broker);
+    harness_t *h = h_new (extra);
+    ck_assert_ptr_nonnull (h);
+    if (tail) {
+        FILE *f = fopen (h->conf, "a");
+        ck_assert_ptr_nonnull (f);
+        for (const char *p = tail; *p; p++) {
+            if (strncmp (p, "@PORT@", 6) == 0) {
+                fprintf (f, "%d", h->mock_port);
+                p += 5;
+            }
+            else {
+                fputc (*p, f);
+            }
+        }
+        ck_assert_int_eq (fclose (f), 0);
+        ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    }
+    char ready[400];
+    snprintf (ready, sizeof ready, "%s/broker.ready", h->dir);
+    const char *args[] = { "--ready-file", ready, NULL };
+    ck_assert_int_eq (h_start_broker (h, args), 0);
+    *port = h_broker_http_port (ready);
+    ck_assert_int_gt (*port, 0);
+    for (int i = 0; i < workers; i++) {
+        ck_assert_int_ge (h_start_worker (h, 4, i + 1), 0);
+    }
+    return h;
+}
+
+static int64_t
+s_ms (clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime (clock, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*  Sum of the samples of every series of `name` (with labels); -1 if none. */
+static double
+s_sum (const char *text, const char *name)
+{
+    size_t n = strlen (name);
+    double sum = -1;
+    for (const char *line = text; line && *line; ) {
+        if (strncmp (line, name, n) == 0 && line[n] == '{') {
+            const char *close = strstr (line + n, "} ");
+            ck_assert_ptr_nonnull (close);
+            sum = (sum < 0 ? 0 : sum) + strtod (close + 2, NULL);
+        }
+        line = strchr (line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    return sum;
+}
+
+/*  Scrape until the sum over `name`'s series is `want`, up to T_WAIT;
+    returns the last scrape (caller frees). */
+static char *
+s_wait_sum (int port, const char *name, double want)
+{
+    int64_t deadline = s_ms (CLOCK_MONOTONIC) + T_WAIT;
+    for (;;) {
+        long status = 0;
+        char *text = s_http (port, "GET", "/metrics", NULL, &status);
+        ck_assert_int_eq (status, 200);
+        if (s_sum (text, name) == want || s_ms (CLOCK_MONOTONIC) > deadline) {
+            return text;
+        }
+        free (text);
+        h_backoff ();
+    }
+}
+
+static int
+s_count_chunk (void *arg, uint64_t id, unsigned seq, const char *text)
+{
+    (void) id;
+    (void) seq;
+    if (text) {
+        (*(int *) arg)++;
+    }
+    return 0;
+}
+
+/*  Workers' own figures ride on their HEARTBEATs; the broker exports the
+    last ones. A streamed job gives one time-to-first-chunk sample. */
+START_TEST (test_worker_figures_and_ttfc)
+{
+    int port;
+    harness_t *h = s_start_conf ("heartbeat = 100ms\nmax_attempts = 1\n", NULL, 2, &port);
+    llmq *c = h_client (h);
+    ck_assert_ptr_nonnull (c);
+    enum { N = 6 };
+    for (int i = 0; i < N; i++) {
+        llmq_result *r = s_run (c, "echo");
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        llmq_result_free (&r);
+    }
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "echo";
+    j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"stream me\"}]}";
+    j.stream = 1;
+    int chunks = 0;
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_stream (c, &j, s_count_chunk, &chunks, NULL, T_WAIT, &r), LLMQ_OK);
+    ck_assert_ptr_nonnull (r);
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    ck_assert_int_gt (chunks, 0);
+    llmq_result_free (&r);
+
+    /*  The figures come with the workers' next heartbeats. */
+    char *text = s_wait_sum (port, "llmq_worker_calls_total", N + 1);
+    ck_assert (s_sum (text, "llmq_worker_calls_total") == N + 1);
+    ck_assert (s_sum (text, "llmq_worker_slots") == 8);
+    ck_assert (s_sum (text, "llmq_worker_in_flight") == 0);
+    ck_assert (s_sum (text, "llmq_worker_cpu_seconds_total") >= 0);
+    ck_assert_ptr_nonnull (strstr (text, "llmq_worker_calls_total{worker=\""));
+    ck_assert_ptr_nonnull (strstr (text, "\",host=\""));
+    ck_assert (s_check_histogram (text, "llmq_time_to_first_chunk_seconds", "deployment=\"echo\"") == 1);
+    ck_assert (s_check_histogram (text, "llmq_time_to_first_chunk_seconds", "deployment=\"mock\"") == 0);
+    ck_assert (s_sample (text, "llmq_failovers_total{group=\"echo\"}") == 0);
+    s_promtool (h, text);
+    free (text);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+/*  A 500 on one of the two deployments of a group, then success on the
+    other: one failover. */
+START_TEST (test_failover_metric)
+{
+    int port;
+    harness_t *h = s_start_conf ("max_attempts = 3\nretry_backoff = 0s\n",
+                                 "\n[deployment pa]\nprovider = openai\nmodel = m\n"
+                                 "base_url = http://127.0.0.1:@PORT@/v1\n"
+                                 "\n[deployment pb]\nprovider = openai\nmodel = m\n"
+                                 "base_url = http://127.0.0.1:@PORT@/v1\n"
+                                 "\n[group pair]\ndeployments = pa, pb\nstrategy = order\n", 1, &port);
+    llmq *c = h_client (h);
+    ck_assert_ptr_nonnull (c);
+    ck_assert_int_eq (h_mock_post (h, "/mock/faults", "{\"kind\":500,\"count\":1}"), 0);
+    llmq_result *r = s_run (c, "pair");
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    llmq_result_free (&r);
+    long status = 0;
+    char *text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert (s_sample (text, "llmq_jobs_retried_total") == 1);
+    ck_assert (s_sample (text, "llmq_failovers_total{group=\"pair\"}") == 1);
+    ck_assert (s_sample (text, "llmq_failovers_total{group=\"echo\"}") == 0);
+    ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"pa\",outcome=\"server\"}")
+               + s_sample (text, "llmq_provider_calls_total{deployment=\"pb\",outcome=\"server\"}") == 1);
+    ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"pa\",outcome=\"ok\"}")
+               + s_sample (text, "llmq_provider_calls_total{deployment=\"pb\",outcome=\"ok\"}") == 1);
+    s_promtool (h, text);
+    free (text);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
+/*  A job no worker takes ages at the head of its group's queue; the
+    gauge is read at scrape time and drops to 0 once the queue is empty. */
+START_TEST (test_queue_oldest_age)
+{
+    int port;
+    harness_t *h = s_start_conf ("max_attempts = 1\n", NULL, 0, &port);
+    llmq *c = h_client (h);
+    ck_assert_ptr_nonnull (c);
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "echo";
+    j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"wait\"}]}";
+    j.priority = LLMQ_PRIO_NORMAL;
+    int64_t t0 = s_ms (CLOCK_REALTIME);
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    /*  Poll until it is at least 0.3 s old; the age never exceeds the
+        time since the submit began. */
+    double age = 0;
+    int64_t deadline = s_ms (CLOCK_MONOTONIC) + T_WAIT;
+    while (age < 0.3 && s_ms (CLOCK_MONOTONIC) < deadline) {
+        long status = 0;
+        char *text = s_http (port, "GET", "/metrics", NULL, &status);
+        int64_t t2 = s_ms (CLOCK_REALTIME);
+        age = s_sample (text, "llmq_queue_oldest_age_seconds{group=\"echo\"}");
+        ck_assert (s_sample (text, "llmq_queue_depth{group=\"echo\",priority=\"normal\"}") == 1);
+        ck_assert_msg (age <= (double) (t2 - t0) / 1000 + 0.002, "age %g > %g s since submit", age,
+                       (double) (t2 - t0) / 1000);
+        free (text);
+        h_backoff ();
+    }
+    ck_assert (age >= 0.3);
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    llmq_result *r = NULL;
+    ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+    ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+    llmq_result_free (&r);
+    long status = 0;
+    char *text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert (s_sample (text, "llmq_queue_oldest_age_seconds{group=\"echo\"}") == 0);
+    s_promtool (h, text);
+    free (text);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -371,6 +614,9 @@ s_suite (void)
     tcase_add_test (tc, test_admin_needs_token);
     tcase_add_test (tc, test_admin_disabled_without_token);
     tcase_add_test (tc, test_breaker_reset_over_http);
+    tcase_add_test (tc, test_worker_figures_and_ttfc);
+    tcase_add_test (tc, test_failover_metric);
+    tcase_add_test (tc, test_queue_oldest_age);
     suite_add_tcase (s, tc);
     return s;
 }
