@@ -1458,6 +1458,9 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
                              .reset_ms = res->rl_reset_ms };
         llmq_router_outcome (self->router, l->grant, &o, now_ms);
         l->granted = false;
+        if (o.error_class == LLMQ_EC_RATE_LIMITED) {
+            llmq_metrics_rate_paused (self->metrics, l->dep);   /* the router paused it */
+        }
     }
     if (l->probe) {
         self->n_probes++;
@@ -1581,10 +1584,12 @@ s_worker_report (llmq_broker_t *self, s_worker_t *w, llmq_msg_t *m, uint64_t now
                              (uint64_t) res->prompt_tokens + res->completion_tokens,
                              (int64_t) res->cost_micro, now_ms);
     }
+    if (ended) {
+        llmq_metrics_usage (self->metrics, final.model, l->org, res->prompt_tokens, res->completion_tokens,
+                            res->cost_micro);
+    }
     zhashx_delete (self->leases, U64_KEY (m->id));
     if (ended) {
-        llmq_metrics_usage (self->metrics, final.model, res->prompt_tokens, res->completion_tokens,
-                            res->cost_micro);
         s_push_result (self, &final);
     }
     else if (rc && rc != LLMQ_ERR_STATE && rc != LLMQ_ERR_JOB_FAILED) {
@@ -1847,6 +1852,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         uint64_t until = 0;
         if (llmq_router_pick (self->router, best_group, 1, avoid, now_ms, &pick, &until, NULL, 0) != 0) {
             blocked[best_route] = true;
+            llmq_metrics_blocked (self->metrics, best_group, llmq_router_all_open (self->router, best_group));
             if (until && (!wake || until < wake)) {
                 wake = until;
             }
@@ -1878,6 +1884,7 @@ s_dispatch (llmq_broker_t *self, uint64_t now)
         if (llmq_router_pick (self->router, best_group, tokens, avoid, now_ms, &pick, &until, NULL, 0) != 0) {
             llmq_store_requeue (self->store, job.id, job.lease, false, 0, NULL, now, &final, self->arena);
             blocked[best_route] = true;
+            llmq_metrics_blocked (self->metrics, best_group, llmq_router_all_open (self->router, best_group));
             if (until && (!wake || until < wake)) {
                 wake = until;
             }

@@ -31,9 +31,16 @@ typedef struct {
     double sum;                         /* seconds */
 } s_hist_t;
 
+/*  One org's usage within a model. */
+typedef struct {
+    size_t org;                         /* index in org_names */
+    uint64_t prompt, completion, cost_micro;
+} s_org_usage_t;
+
 typedef struct {
     char *name;
-    uint64_t prompt, completion, cost_micro;
+    s_org_usage_t *orgs;                /* in order of first use */
+    size_t norgs, orgs_cap;
 } s_model_t;
 
 struct llmq_metrics {
@@ -49,6 +56,10 @@ struct llmq_metrics {
     s_model_t *models;                  /* in order of first use; the last may be "other" */
     size_t nmodels;
     zhashx_t *model_index;              /* name -> index + 1 */
+    char *org_names[LLMQ_METRICS_MAX_ORGS + 1];  /* in order of first use; the last may be "other" */
+    size_t norg_names;
+    uint64_t (*blocked)[2];             /* [group slot][0 limits, 1 open] */
+    uint64_t *rate_paused;              /* [slot] */
 };
 
 static size_t
@@ -94,10 +105,12 @@ llmq_metrics_new (const llmq_config_t *config)
     size_t ng = config->ngroups;
     self->ngslots = ng <= LLMQ_METRICS_MAX_LABELS ? ng : LLMQ_METRICS_MAX_LABELS + 1;
     self->failovers = (uint64_t *) calloc (self->ngslots ? self->ngslots : 1, sizeof *self->failovers);
+    self->blocked = calloc (self->ngslots ? self->ngslots : 1, sizeof *self->blocked);
+    self->rate_paused = (uint64_t *) calloc (alloc, sizeof *self->rate_paused);
     self->models = (s_model_t *) calloc (LLMQ_METRICS_MAX_LABELS + 1, sizeof *self->models);
     self->model_index = zhashx_new ();
     if (!self->calls || !self->latency || !self->transitions || !self->ttfc || !self->failovers
-        || !self->models || !self->model_index) {
+        || !self->blocked || !self->rate_paused || !self->models || !self->model_index) {
         llmq_metrics_destroy (&self);
         return NULL;
     }
@@ -114,11 +127,17 @@ llmq_metrics_destroy (llmq_metrics_t **self_p)
         free (self->transitions);
         free (self->ttfc);
         free (self->failovers);
+        free (self->blocked);
+        free (self->rate_paused);
         if (self->models) {
             for (size_t i = 0; i < self->nmodels; i++) {
                 free (self->models[i].name);
+                free (self->models[i].orgs);
             }
             free (self->models);
+        }
+        for (size_t i = 0; i < self->norg_names; i++) {
+            free (self->org_names[i]);
         }
         zhashx_destroy (&self->model_index);
         free (self);
@@ -175,6 +194,24 @@ llmq_metrics_failover (llmq_metrics_t *self, size_t group)
     self->failovers[group < LLMQ_METRICS_MAX_LABELS ? group : LLMQ_METRICS_MAX_LABELS]++;
 }
 
+void
+llmq_metrics_blocked (llmq_metrics_t *self, size_t group, bool all_open)
+{
+    if (!self || group >= self->config->ngroups) {
+        return;
+    }
+    self->blocked[group < LLMQ_METRICS_MAX_LABELS ? group : LLMQ_METRICS_MAX_LABELS][all_open ? 1 : 0]++;
+}
+
+void
+llmq_metrics_rate_paused (llmq_metrics_t *self, size_t dep)
+{
+    if (!self || dep >= self->config->ndeployments) {
+        return;
+    }
+    self->rate_paused[s_slot (self, dep)]++;
+}
+
 /*  A JSON number as a non-negative count (0 when missing or not one). */
 static uint64_t
 s_count (const json_t *o, const char *key)
@@ -203,11 +240,43 @@ llmq_metrics_figures_parse (const char *json, llmq_worker_figures_t *out)
     return 0;
 }
 
+/*  The index in org_names of `org` ("" or NULL: "none"), learnt on first
+    use; past LLMQ_METRICS_MAX_ORGS names, "other". SIZE_MAX on out of memory. */
+static size_t
+s_org_index (llmq_metrics_t *self, const char *org)
+{
+    const char *name = org && *org ? org : "none";
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < self->norg_names; i++) {
+            if (strcmp (self->org_names[i], name) == 0) {
+                return i;
+            }
+        }
+        if (self->norg_names < LLMQ_METRICS_MAX_ORGS) {
+            break;
+        }
+        name = "other";             /* the table is full: fold it */
+    }
+    if (self->norg_names > LLMQ_METRICS_MAX_ORGS) {
+        return SIZE_MAX;            /* cannot happen: "other" is found above */
+    }
+    char *copy = strdup (name);
+    if (!copy) {
+        return SIZE_MAX;
+    }
+    self->org_names[self->norg_names] = copy;
+    return self->norg_names++;
+}
+
 void
-llmq_metrics_usage (llmq_metrics_t *self, const char *model, uint64_t prompt_tokens,
+llmq_metrics_usage (llmq_metrics_t *self, const char *model, const char *org, uint64_t prompt_tokens,
                     uint64_t completion_tokens, uint64_t cost_micro)
 {
     if (!self) {
+        return;
+    }
+    size_t oi = s_org_index (self, org);
+    if (oi == SIZE_MAX) {
         return;
     }
     const char *name = model && *model ? model : "unknown";
@@ -233,9 +302,27 @@ llmq_metrics_usage (llmq_metrics_t *self, const char *model, uint64_t prompt_tok
             zhashx_insert (self->model_index, copy, (void *) (uintptr_t) (i + 1));
         }
     }
-    self->models[i].prompt += prompt_tokens;
-    self->models[i].completion += completion_tokens;
-    self->models[i].cost_micro += cost_micro;
+    s_model_t *mo = &self->models[i];
+    size_t k = 0;
+    while (k < mo->norgs && mo->orgs[k].org != oi) {
+        k++;
+    }
+    if (k == mo->norgs) {
+        if (mo->norgs == mo->orgs_cap) {
+            size_t cap = mo->orgs_cap ? mo->orgs_cap * 2 : 4;
+            s_org_usage_t *grown = (s_org_usage_t *) realloc (mo->orgs, cap * sizeof *grown);
+            if (!grown) {
+                return;
+            }
+            mo->orgs = grown;
+            mo->orgs_cap = cap;
+        }
+        mo->orgs[k] = (s_org_usage_t) { .org = oi };
+        mo->norgs++;
+    }
+    mo->orgs[k].prompt += prompt_tokens;
+    mo->orgs[k].completion += completion_tokens;
+    mo->orgs[k].cost_micro += cost_micro;
 }
 
 char *
@@ -454,20 +541,30 @@ s_render_deployments (llmq_metrics_t *self, FILE *f, const llmq_metrics_src_t *s
 static void
 s_render_models (llmq_metrics_t *self, FILE *f)
 {
-    char esc[512];
-    s_head (f, "llmq_tokens_total", "counter", "Tokens of finished jobs, by model group and kind (prompt or completion).");
+    char esc[512], oesc[512];
+    s_head (f, "llmq_tokens_total", "counter",
+            "Tokens of finished jobs, by model group, org and kind (prompt or completion).");
     for (size_t i = 0; i < self->nmodels; i++) {
         llmq_metrics_escape (self->models[i].name, esc, sizeof esc);
-        fprintf (f, "llmq_tokens_total{model=\"%s\",kind=\"prompt\"} %llu\n", esc,
-                 (unsigned long long) self->models[i].prompt);
-        fprintf (f, "llmq_tokens_total{model=\"%s\",kind=\"completion\"} %llu\n", esc,
-                 (unsigned long long) self->models[i].completion);
+        for (size_t k = 0; k < self->models[i].norgs; k++) {
+            const s_org_usage_t *u = &self->models[i].orgs[k];
+            llmq_metrics_escape (self->org_names[u->org], oesc, sizeof oesc);
+            fprintf (f, "llmq_tokens_total{model=\"%s\",org=\"%s\",kind=\"prompt\"} %llu\n", esc, oesc,
+                     (unsigned long long) u->prompt);
+            fprintf (f, "llmq_tokens_total{model=\"%s\",org=\"%s\",kind=\"completion\"} %llu\n", esc, oesc,
+                     (unsigned long long) u->completion);
+        }
     }
-    s_head (f, "llmq_cost_usd_total", "counter", "Cost of finished jobs in USD at the deployments' prices, by model group.");
+    s_head (f, "llmq_cost_usd_total", "counter",
+            "Cost of finished jobs in USD at the deployments' prices, by model group and org.");
     for (size_t i = 0; i < self->nmodels; i++) {
-        fprintf (f, "llmq_cost_usd_total{model=\"%s\"} %.6f\n",
-                 llmq_metrics_escape (self->models[i].name, esc, sizeof esc),
-                 (double) self->models[i].cost_micro / 1e6);
+        llmq_metrics_escape (self->models[i].name, esc, sizeof esc);
+        for (size_t k = 0; k < self->models[i].norgs; k++) {
+            const s_org_usage_t *u = &self->models[i].orgs[k];
+            fprintf (f, "llmq_cost_usd_total{model=\"%s\",org=\"%s\"} %.6f\n", esc,
+                     llmq_metrics_escape (self->org_names[u->org], oesc, sizeof oesc),
+                     (double) u->cost_micro / 1e6);
+        }
     }
 }
 
@@ -540,6 +637,24 @@ llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t
                  llmq_metrics_escape (g < LLMQ_METRICS_MAX_LABELS ? self->config->groups[g].name : "other",
                                       esc, sizeof esc),
                  (unsigned long long) self->failovers[g]);
+    }
+    s_head (f, "llmq_dispatch_blocked_total", "counter",
+            "Dispatch turns a group with ready jobs could not be served, by group and reason (open or limits).");
+    for (size_t g = 0; g < self->ngslots; g++) {
+        char esc[512];
+        llmq_metrics_escape (g < LLMQ_METRICS_MAX_LABELS ? self->config->groups[g].name : "other", esc, sizeof esc);
+        fprintf (f, "llmq_dispatch_blocked_total{group=\"%s\",reason=\"open\"} %llu\n", esc,
+                 (unsigned long long) self->blocked[g][1]);
+        fprintf (f, "llmq_dispatch_blocked_total{group=\"%s\",reason=\"limits\"} %llu\n", esc,
+                 (unsigned long long) self->blocked[g][0]);
+    }
+    s_head (f, "llmq_rate_limited_pauses_total", "counter",
+            "Rate-limited outcomes (429/529) that paused a deployment, by deployment.");
+    for (size_t s = 0; s < self->nslots; s++) {
+        char esc[512];
+        fprintf (f, "llmq_rate_limited_pauses_total{deployment=\"%s\"} %llu\n",
+                 llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc),
+                 (unsigned long long) self->rate_paused[s]);
     }
     s_plain (f, "llmq_retry_budget_refused_total", "counter", "Retries refused because the deployment's retry budget was spent.",
              src->retry_budget_refused);

@@ -4,14 +4,16 @@
 
     Two halves. Samples the broker does not already count (provider calls
     by outcome, latency and queue-wait histograms, breaker transitions,
-    tokens and cost per model) are recorded here as they happen, by the
-    broker's own thread. Everything else (queue depths, breaker states,
-    store space, the broker's totals) is read at scrape time from a
-    llmq_metrics_src_t the broker fills, so nothing is counted twice.
+    tokens and cost per model and org, dispatch waits, rate-limit pauses)
+    are recorded here as they happen, by the broker's own thread.
+    Everything else (queue depths, breaker states, store space, the
+    broker's totals) is read at scrape time from a llmq_metrics_src_t the
+    broker fills, so nothing is counted twice.
 
     Cardinality is bounded: deployments and groups come from the config
     and models from the groups, and any label set is cut at
-    LLMQ_METRICS_MAX_LABELS values, the rest folded into "other".
+    LLMQ_METRICS_MAX_LABELS values, the rest folded into "other"; orgs
+    (from finished jobs) are cut at LLMQ_METRICS_MAX_ORGS.
 
     Not thread-safe: the broker is one thread, and the HTTP side runs in
     its loop (http.h).
@@ -29,6 +31,9 @@
 #include "tenants.h"
 
 #define LLMQ_METRICS_MAX_LABELS 1000
+/*  Orgs kept apart in llmq_tokens_total and llmq_cost_usd_total; the rest
+    are folded into org="other". */
+#define LLMQ_METRICS_MAX_ORGS 100
 
 typedef struct llmq_metrics llmq_metrics_t;
 
@@ -45,8 +50,9 @@ void llmq_metrics_call (llmq_metrics_t *self, size_t dep, int error_class, uint6
 void llmq_metrics_wait (llmq_metrics_t *self, int priority, uint64_t wait_us);
 /*  A breaker of deployment `dep` went to state `to` (llmq_breaker_state). */
 void llmq_metrics_transition (llmq_metrics_t *self, size_t dep, int to);
-/*  A finished job's tokens and cost (micro-USD), booked to `model`. */
-void llmq_metrics_usage (llmq_metrics_t *self, const char *model, uint64_t prompt_tokens,
+/*  A finished job's tokens and cost (micro-USD), booked to `model` and
+    `org` (NULL or "": "none"; past LLMQ_METRICS_MAX_ORGS orgs, "other"). */
+void llmq_metrics_usage (llmq_metrics_t *self, const char *model, const char *org, uint64_t prompt_tokens,
                          uint64_t completion_tokens, uint64_t cost_micro);
 
 /*  The first CHUNK of a streamed attempt on deployment `dep` arrived
@@ -55,6 +61,12 @@ void llmq_metrics_first_chunk (llmq_metrics_t *self, size_t dep, uint64_t ttfc_u
 /*  A retry of a job of config group `group` (index in config->groups) was
     dispatched to another deployment than the one its last attempt failed on. */
 void llmq_metrics_failover (llmq_metrics_t *self, size_t group);
+
+/*  A group (config index) with ready jobs could not be served this turn:
+    its router pick failed, with every deployment's breaker open or not. */
+void llmq_metrics_blocked (llmq_metrics_t *self, size_t group, bool all_open);
+/*  A rate-limited outcome (429/529) paused deployment `dep`. */
+void llmq_metrics_rate_paused (llmq_metrics_t *self, size_t dep);
 
 /*  A worker's own figures, totals since it started, as its HEARTBEAT
     carries them (docs/protocol.md, section 7). */

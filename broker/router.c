@@ -613,6 +613,21 @@ llmq_router_pick (llmq_router_t *self, size_t group, uint64_t tokens, size_t avo
     return -1;
 }
 
+bool
+llmq_router_all_open (const llmq_router_t *self, size_t group)
+{
+    if (group >= self->ngroups || self->groups[group].ndeps == 0) {
+        return false;
+    }
+    const s_group_t *g = &self->groups[group];
+    for (size_t k = 0; k < g->ndeps; k++) {
+        if (self->deps[g->deps[k]].state != LLMQ_BREAKER_OPEN) {
+            return false;
+        }
+    }
+    return true;
+}
+
 uint64_t
 llmq_router_grant (llmq_router_t *self, const llmq_pick_t *pick, uint64_t tokens, bool retry,
                    uint64_t now_ms)

@@ -112,6 +112,10 @@ int  llmq_router_pick (llmq_router_t *self, size_t group, uint64_t tokens, size_
                        uint64_t now_ms, llmq_pick_t *pick, uint64_t *until_ms,
                        char *why, size_t whylen);
 
+/*  True if `group` has deployments and every one's breaker is open (read
+    as it stands; llmq_router_pick() moves an expired one to half-open). */
+bool llmq_router_all_open (const llmq_router_t *self, size_t group);
+
 /*  The call was made: counts against the limits. Returns a grant id for
     llmq_router_outcome(). */
 uint64_t llmq_router_grant (llmq_router_t *self, const llmq_pick_t *pick, uint64_t tokens,

@@ -240,8 +240,10 @@ START_TEST (test_health_ready_and_metrics)
     ck_assert (s_sample (text, "llmq_worker_slots_free") == 4);
     ck_assert (s_sample (text, "llmq_commits_total") > 0);
     ck_assert (s_sample (text, "llmq_store_max_bytes") > 0);
-    ck_assert (s_sample (text, "llmq_tokens_total{model=\"echo\",kind=\"prompt\"}") >= 0);
-    ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"echo\"}") == 0);
+    ck_assert (s_sample (text, "llmq_tokens_total{model=\"echo\",org=\"none\",kind=\"prompt\"}") >= 0);
+    ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"echo\",org=\"none\"}") == 0);
+    ck_assert (s_sample (text, "llmq_dispatch_blocked_total{group=\"echo\",reason=\"open\"}") == 0);
+    ck_assert (s_sample (text, "llmq_rate_limited_pauses_total{deployment=\"echo\"}") == 0);
     s_promtool (h, text);
     free (text);
     llmq_close (&c);
@@ -604,6 +606,92 @@ START_TEST (test_queue_oldest_age)
 }
 END_TEST
 
+/*  Cost per model and org; a 429 pauses its deployment; a group whose
+    only breaker is open counts its blocked dispatch turns. */
+START_TEST (test_org_cost_and_limiter_metrics)
+{
+    int port;
+    harness_t *h = s_start_conf ("max_attempts = 1\n",
+                                 "\n[deployment priced]\nprovider = echo\nprice_input = 1.5\nprice_output = 2\n"
+                                 "\n[group priced]\ndeployments = priced\n"
+                                 "\n[deployment flaky]\nprovider = openai\nmodel = m\n"
+                                 "base_url = http://127.0.0.1:@PORT@/v1\n"
+                                 "breaker_failures = 2\nbreaker_min_calls = 2\nbreaker_open = 1h\n"
+                                 "\n[group flaky]\ndeployments = flaky\n"
+                                 "\n[deployment rl]\nprovider = openai\nmodel = m\n"
+                                 "base_url = http://127.0.0.1:@PORT@/v1\n"
+                                 "\n[group rl]\ndeployments = rl\n", 1, &port);
+    llmq *c = h_client (h);
+    ck_assert_ptr_nonnull (c);
+    uint64_t cost = 0, tokens = 0;
+    for (int i = 0; i < 3; i++) {
+        llmq_job j;
+        memset (&j, 0, sizeof j);
+        j.model = "priced";
+        j.org = i < 2 ? "acme" : NULL;
+        j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}";
+        uint64_t id = 0;
+        ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+        llmq_result *r = NULL;
+        ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &r), LLMQ_OK);
+        ck_assert_int_eq (r->state, LLMQ_STATE_DONE);
+        if (i < 2) {
+            cost += r->cost_micro;
+            tokens += r->prompt_tokens;
+        }
+        llmq_result_free (&r);
+    }
+    ck_assert_uint_gt (cost, 0);
+    /*  One 429: the deployment pauses once. */
+    ck_assert_int_eq (h_mock_post (h, "/mock/faults", "{\"kind\":429,\"retry_after\":1,\"count\":1}"), 0);
+    llmq_result *r = s_run (c, "rl");
+    llmq_result_free (&r);
+    long status = 0;
+    char *text = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"priced\",org=\"acme\"}") == (double) cost / 1e6);
+    ck_assert (s_sample (text, "llmq_tokens_total{model=\"priced\",org=\"acme\",kind=\"prompt\"}")
+               == (double) tokens);
+    ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"priced\",org=\"none\"}") > 0);
+    ck_assert (s_sample (text, "llmq_rate_limited_pauses_total{deployment=\"rl\"}") == 1);
+    ck_assert (s_sample (text, "llmq_rate_limited_pauses_total{deployment=\"flaky\"}") == 0);
+    ck_assert (s_sample (text, "llmq_dispatch_blocked_total{group=\"flaky\",reason=\"open\"}") == 0);
+    free (text);
+
+    /*  Two 500s open flaky's breaker for an hour; a job for it then waits,
+        and every dispatch turn that cannot serve it counts as "open". */
+    ck_assert_int_eq (h_mock_post (h, "/mock/faults", "{\"kind\":500,\"count\":2}"), 0);
+    for (int i = 0; i < 2; i++) {
+        r = s_run (c, "flaky");
+        llmq_result_free (&r);
+    }
+    ck_assert (h_wait_stat_str (c, "deployments.flaky.breaker", "open", T_WAIT));
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = "flaky";
+    j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"wait\"}]}";
+    j.priority = LLMQ_PRIO_NORMAL;
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
+    double blocked = 0;
+    int64_t deadline = s_ms (CLOCK_MONOTONIC) + T_WAIT;
+    while (blocked == 0 && s_ms (CLOCK_MONOTONIC) < deadline) {
+        text = s_http (port, "GET", "/metrics", NULL, &status);
+        blocked = s_sample (text, "llmq_dispatch_blocked_total{group=\"flaky\",reason=\"open\"}");
+        ck_assert (s_sample (text, "llmq_dispatch_blocked_total{group=\"flaky\",reason=\"limits\"}") == 0);
+        ck_assert (s_sample (text, "llmq_queue_depth{group=\"flaky\",priority=\"normal\"}") == 1);
+        if (blocked > 0) {
+            s_promtool (h, text);
+        }
+        free (text);
+        h_backoff ();
+    }
+    ck_assert (blocked > 0);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -617,6 +705,7 @@ s_suite (void)
     tcase_add_test (tc, test_worker_figures_and_ttfc);
     tcase_add_test (tc, test_failover_metric);
     tcase_add_test (tc, test_queue_oldest_age);
+    tcase_add_test (tc, test_org_cost_and_limiter_metrics);
     suite_add_tcase (s, tc);
     return s;
 }
