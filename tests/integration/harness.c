@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <spawn.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -651,4 +652,46 @@ h_broker_http_port (const char *ready_file)
     int port = line && *line ? atoi (line) : -1;
     free (text);
     return port > 0 ? port : -1;
+}
+
+h_cli_t
+h_cli (harness_t *self, const char *const *args)
+{
+    char outp[400], errp[400];
+    snprintf (outp, sizeof outp, "%s/cli.out", self->dir);
+    snprintf (errp, sizeof errp, "%s/cli.err", self->dir);
+    const char *argv[64] = { LLMQ_BIN_DIR "/client/llmq" };
+    int n = 1;
+    for (int i = 0; args[i] && n < 63; i++) {
+        argv[n++] = args[i];
+    }
+    argv[n] = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init (&fa);
+    posix_spawn_file_actions_addopen (&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen (&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen (&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    setenv ("LLMQ_BROKER", self->frontend, 1);
+    extern char **environ;
+    pid_t pid;
+    int rc = posix_spawn (&pid, argv[0], &fa, NULL, (char *const *) argv, environ);
+    posix_spawn_file_actions_destroy (&fa);
+    ck_assert_msg (rc == 0, "cannot run %s: %s", argv[0], strerror (rc));
+    int status = 0;
+    ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+    h_cli_t r;
+    r.status = WIFEXITED (status) ? WEXITSTATUS (status) : 128 + WTERMSIG (status);
+    r.out = h_slurp (outp);
+    r.err = h_slurp (errp);
+    ck_assert_ptr_nonnull (r.out);
+    ck_assert_ptr_nonnull (r.err);
+    return r;
+}
+
+void
+h_cli_free (h_cli_t *r)
+{
+    free (r->out);
+    free (r->err);
+    memset (r, 0, sizeof *r);
 }

@@ -118,6 +118,19 @@ int  h_run_suite (struct Suite *suite);
 /*  Whole text of a file, or NULL. Caller frees. */
 char *h_slurp (const char *path);
 
+/*  One run of the `llmq` CLI: its exit status (or 128 + signal) and what
+    it wrote. */
+typedef struct {
+    int status;
+    char *out;                  /* stdout */
+    char *err;                  /* stderr */
+} h_cli_t;
+/*  Run `llmq ARGS...` (args NULL-terminated, without the program) with
+    LLMQ_BROKER set to this harness's broker and stdin from /dev/null, and
+    wait for it. Fails the test if it cannot be run. */
+h_cli_t h_cli (harness_t *self, const char *const *args);
+void h_cli_free (h_cli_t *r);
+
 /*  The broker's HTTP port from its --ready-file (third line, written when
     [broker] http is set), or -1. Start the broker with
     "--ready-file", PATH; h_start_broker returns after its PING, by when

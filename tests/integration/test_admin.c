@@ -22,67 +22,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define LLMQ_CLI LLMQ_BIN_DIR "/client/llmq"
 #define T_WAIT   20000          /* ms: generous, these are not timing tests */
 
 static const char s_conf[] = "max_attempts = 2\nretry_backoff = 10ms\nretry_backoff_max = 20ms\n";
 
 /* ------------------------------------------------------------ the CLI */
 
-typedef struct {
-    int status;                 /* exit status, or 128 + signal */
-    char *out;                  /* stdout */
-    char *err;                  /* stderr */
-} s_run_t;
-
-static void
-s_run_free (s_run_t *r)
-{
-    free (r->out);
-    free (r->err);
-    memset (r, 0, sizeof *r);
-}
-
-/*  Run `llmq --broker FRONTEND ARGS...` (args NULL-terminated), stdin from
-    /dev/null, and collect its output and exit status. */
-static s_run_t
-s_run (harness_t *h, const char *const *args)
-{
-    char outp[400], errp[400];
-    snprintf (outp, sizeof outp, "%s/admin-cli.out", h->dir);
-    snprintf (errp, sizeof errp, "%s/admin-cli.err", h->dir);
-    const char *argv[64] = { LLMQ_CLI, "--broker", h->frontend };
-    int n = 3;
-    for (int i = 0; args[i] && n < 63; i++) {
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init (&fa);
-    posix_spawn_file_actions_addopen (&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen (&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen (&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid;
-    extern char **environ;
-    int rc = posix_spawn (&pid, LLMQ_CLI, &fa, NULL, (char *const *) argv, environ);
-    posix_spawn_file_actions_destroy (&fa);
-    ck_assert_msg (rc == 0, "cannot run %s: %s", LLMQ_CLI, strerror (rc));
-    int status = 0;
-    ck_assert_int_eq (waitpid (pid, &status, 0), pid);
-    s_run_t r;
-    r.status = WIFEXITED (status) ? WEXITSTATUS (status) : 128 + WTERMSIG (status);
-    r.out = h_slurp (outp);
-    r.err = h_slurp (errp);
-    ck_assert_ptr_nonnull (r.out);
-    ck_assert_ptr_nonnull (r.err);
-    return r;
-}
-
 /*  Run and check the exit status, saying what came out if it differs. */
-static s_run_t
+static h_cli_t
 s_expect (harness_t *h, int status, const char *const *args)
 {
-    s_run_t r = s_run (h, args);
+    h_cli_t r = h_cli (h, args);
     ck_assert_msg (r.status == status, "llmq %s %s: exit %d, expected %d\nstdout: %s\nstderr: %s",
                    args[0], args[1] ? args[1] : "", r.status, status, r.out, r.err);
     return r;
@@ -214,9 +164,9 @@ START_TEST (test_help)
         { "breaker", "history", "--help", NULL },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        s_run_t r = s_expect (h, 0, cmds[i]);
+        h_cli_t r = s_expect (h, 0, cmds[i]);
         ck_assert_msg (strstr (r.out, "Usage"), "no usage text for llmq %s %s", cmds[i][0], cmds[i][1]);
-        s_run_free (&r);
+        h_cli_free (&r);
     }
     /* Usage errors, found before any broker is needed (none runs): 2. */
     const char *bad[][6] = {
@@ -226,13 +176,13 @@ START_TEST (test_help)
         { "dead", "list", "--limit", "0", NULL }, { "breaker", "reset", "a", "b", NULL },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        s_run_t r = s_expect (h, 2, bad[i]);
+        h_cli_t r = s_expect (h, 2, bad[i]);
         ck_assert_int_gt ((int) strlen (r.err), 0);
-        s_run_free (&r);
+        h_cli_free (&r);
     }
     /* A command that needs the broker, with none there: 3. */
-    s_run_t r = s_expect (h, 3, (const char *[]) { "--timeout", "300ms", "dead", "list", NULL });
-    s_run_free (&r);
+    h_cli_t r = s_expect (h, 3, (const char *[]) { "--timeout", "300ms", "dead", "list", NULL });
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -257,7 +207,7 @@ START_TEST (test_dead_letters)
     ck_assert_int_eq (s_wait (c, fine), LLMQ_STATE_DONE);
 
     /* The table: exactly those three, class server. */
-    s_run_t r = s_expect (h, 0, (const char *[]) { "dead", "list", NULL });
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "dead", "list", NULL });
     ck_assert_int_eq (s_rows (r.out), 3);
     ck_assert_ptr_nonnull (strstr (r.out, "CLASS"));
     const char *err_col = strstr (r.out, "ERROR");
@@ -276,7 +226,7 @@ START_TEST (test_dead_letters)
         /* Not a terminal: the error is cut to 60 characters. */
         ck_assert_int_le ((int) (end - row), (int) err_at + 60);
     }
-    s_run_free (&r);
+    h_cli_free (&r);
 
     /* The same as JSON, from the CLI and from the library. */
     r = s_expect (h, 0, (const char *[]) { "dead", "list", "--json", NULL });
@@ -295,7 +245,7 @@ START_TEST (test_dead_letters)
         ck_assert_int_eq (json_integer_value (json_object_get (j, "http_status")), 500);
     }
     json_decref (doc);
-    s_run_free (&r);
+    h_cli_free (&r);
 
     json_t *rep;
     ck_assert_int_eq (s_admin (c, json_pack ("{s:s}", "op", "dead.list"), &rep), LLMQ_OK);
@@ -323,7 +273,7 @@ START_TEST (test_dead_letters)
     /* By model: none of group echo. */
     r = s_expect (h, 0, (const char *[]) { "dead", "list", "--model", "echo", NULL });
     ck_assert_int_eq (s_rows (r.out), 0);
-    s_run_free (&r);
+    h_cli_free (&r);
 
     /* One in full, body included. */
     char id0[32], id1[32], idfine[32];
@@ -334,7 +284,7 @@ START_TEST (test_dead_letters)
     ck_assert_ptr_nonnull (strstr (r.out, "server"));
     ck_assert_ptr_nonnull (strstr (r.out, "[[mock:fail=500]] doomed 0"));
     ck_assert_ptr_nonnull (strstr (r.out, "500"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "dead", "show", "--json", id0, NULL });
     doc = json_loads (r.out, 0, NULL);
     ck_assert_ptr_nonnull (doc);
@@ -343,13 +293,13 @@ START_TEST (test_dead_letters)
     json_t *msg = json_array_get (json_object_get (json_object_get (doc, "body"), "messages"), 0);
     ck_assert_str_eq (json_string_value (json_object_get (msg, "content")), "[[mock:fail=500]] doomed 0");
     json_decref (doc);
-    s_run_free (&r);
+    h_cli_free (&r);
     /* Not dead letters: a job that ended well, one never known. */
     r = s_expect (h, 1, (const char *[]) { "dead", "show", idfine, NULL });
     ck_assert_ptr_nonnull (strstr (r.err, "not dead-lettered"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 1, (const char *[]) { "dead", "show", "987654", NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
     ck_assert_int_eq (s_admin (c, json_pack ("{s:s, s:i}", "op", "dead.show", "id", 987654), &rep),
                       LLMQ_ERR_NOT_FOUND);
     ck_assert_ptr_nonnull (strstr (llmq_last_error (c), "987654"));
@@ -388,7 +338,7 @@ START_TEST (test_dead_letters)
     snprintf (idr, sizeof idr, "%llu", (unsigned long long) revived);
     r = s_expect (h, 0, (const char *[]) { "dead", "requeue", idr, NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "requeued"));
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq_result *res = s_wait_state (c, revived, LLMQ_STATE_DONE);
     ck_assert_msg (res, "the requeued job did not end done");
     ck_assert_str_eq (res->content, "mock reply: second time lucky");
@@ -396,10 +346,10 @@ START_TEST (test_dead_letters)
     llmq_result_free (&res);
     r = s_expect (h, 0, (const char *[]) { "status", idr, NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "done"));
-    s_run_free (&r);
+    h_cli_free (&r);
     /* Requeued once: not a dead letter any more. */
     r = s_expect (h, 1, (const char *[]) { "dead", "requeue", idr, NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
 
     /* Purge: one through the library, the rest with --all --yes; --all
        without --yes is refused and deletes nothing. */
@@ -409,29 +359,29 @@ START_TEST (test_dead_letters)
     json_decref (rep);
     r = s_expect (h, 2, (const char *[]) { "dead", "purge", "--all", NULL });
     ck_assert_ptr_nonnull (strstr (r.err, "--yes"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "dead", "list", NULL });
     ck_assert_int_eq (s_rows (r.out), 2);
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "dead", "purge", "--all", "--yes", NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "purged 2 jobs"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "dead", "list", "--json", NULL });
     doc = json_loads (r.out, 0, NULL);
     ck_assert_ptr_nonnull (doc);
     ck_assert_uint_eq (json_array_size (json_object_get (doc, "jobs")), 0);
     json_decref (doc);
-    s_run_free (&r);
+    h_cli_free (&r);
     for (int k = 0; k < 3; k++) {
         llmq_result *gone = NULL;
         ck_assert_int_eq (llmq_status (c, dead[k], 5000, &gone), LLMQ_ERR_NOT_FOUND);
     }
     r = s_expect (h, 1, (const char *[]) { "dead", "show", id1, NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
     /* What did not die is untouched. */
     r = s_expect (h, 0, (const char *[]) { "status", idfine, NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "done"));
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq_close (&c);
     h_destroy (&h);
 }
@@ -440,24 +390,24 @@ END_TEST
 START_TEST (test_breakers)
 {
     harness_t *h = s_up ();
-    s_run_t r = s_expect (h, 0, (const char *[]) { "breaker", "reset", "mock", NULL });
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "breaker", "reset", "mock", NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "mock"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "breaker", "reset", NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "mock"));
     ck_assert_ptr_nonnull (strstr (r.out, "echo"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 1, (const char *[]) { "breaker", "reset", "nosuch", NULL });
     ck_assert_ptr_nonnull (strstr (r.err, "no deployment named 'nosuch'"));
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "breaker", "history", "--json", NULL });
     json_t *doc = json_loads (r.out, 0, NULL);
     ck_assert_ptr_nonnull (doc);
     ck_assert (json_is_array (json_object_get (doc, "history")));
     json_decref (doc);
-    s_run_free (&r);
+    h_cli_free (&r);
     r = s_expect (h, 0, (const char *[]) { "breaker", "history", NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
 
     llmq *c = h_client (h);
     json_t *rep;

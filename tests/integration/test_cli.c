@@ -15,56 +15,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define LLMQ_CLI LLMQ_BIN_DIR "/client/llmq"
-
-typedef struct {
-    int status;                 /* exit status, or 128+signal */
-    char *out;                  /* stdout */
-    char *err;                  /* stderr */
-} s_run_t;
-
-static void
-s_run_free (s_run_t *r)
-{
-    free (r->out);
-    free (r->err);
-    memset (r, 0, sizeof *r);
-}
-
-/*  Run the CLI with `argv` (NULL-terminated, without the program), stdin
-    from /dev/null, and collect its output. */
-static s_run_t
-s_run (harness_t *h, const char *const *args)
-{
-    char outp[400], errp[400];
-    snprintf (outp, sizeof outp, "%s/cli.out", h->dir);
-    snprintf (errp, sizeof errp, "%s/cli.err", h->dir);
-    const char *argv[64] = { LLMQ_CLI };
-    int n = 1;
-    for (int i = 0; args[i] && n < 63; i++) {
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    pid_t pid = fork ();
-    if (pid == 0) {
-        int o = open (outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int e = open (errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        int in = open ("/dev/null", O_RDONLY);
-        dup2 (o, 1);
-        dup2 (e, 2);
-        dup2 (in, 0);
-        setenv ("LLMQ_BROKER", h->frontend, 1);
-        execv (argv[0], (char *const *) argv);
-        _exit (127);
-    }
-    int status = 0;
-    waitpid (pid, &status, 0);
-    s_run_t r;
-    r.status = WIFEXITED (status) ? WEXITSTATUS (status) : 128 + WTERMSIG (status);
-    r.out = h_slurp (outp);
-    r.err = h_slurp (errp);
-    return r;
-}
 
 static harness_t *
 s_up (bool mock)
@@ -88,20 +38,20 @@ START_TEST (test_help_everywhere)
         { "batch", "status", "--help", NULL },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        s_run_t r = s_run (h, cmds[i]);
+        h_cli_t r = h_cli (h, cmds[i]);
         ck_assert_msg (r.status == 0, "llmq %s %s --help exited %d", cmds[i][0], cmds[i][1] ? cmds[i][1] : "",
                        r.status);
         ck_assert_msg (strstr (r.out, "usage") || strstr (r.out, "Usage"), "no usage text for %s", cmds[i][0]);
-        s_run_free (&r);
+        h_cli_free (&r);
     }
     /* Unknown command and option: usage errors, exit 2. */
-    s_run_t r = s_run (h, (const char *[]) { "frobnicate", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "frobnicate", NULL });
     ck_assert_int_eq (r.status, 2);
     ck_assert_int_gt ((int) strlen (r.err), 0);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "submit", "--no-such-flag", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "submit", "--no-such-flag", NULL });
     ck_assert_int_eq (r.status, 2);
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -109,51 +59,51 @@ END_TEST
 START_TEST (test_submit_wait_stream_status_cancel)
 {
     harness_t *h = s_up (true);
-    s_run_t r = s_run (h, (const char *[]) { "submit", "-m", "echo", "--wait", "hello", "world", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "submit", "-m", "echo", "--wait", "hello", "world", NULL });
     ck_assert_int_eq (r.status, 0);
     ck_assert_str_eq (r.out, "echo: hello world\n");
-    s_run_free (&r);
+    h_cli_free (&r);
 
-    r = s_run (h, (const char *[]) { "submit", "-m", "gpt", "--stream", "[[mock:chunks=6]] stream this please", NULL });
+    r = h_cli (h, (const char *[]) { "submit", "-m", "gpt", "--stream", "[[mock:chunks=6]] stream this please", NULL });
     ck_assert_int_eq (r.status, 0);
     ck_assert_ptr_nonnull (strstr (r.out, "mock reply: stream this please"));
-    s_run_free (&r);
+    h_cli_free (&r);
 
     /* Without --wait: the id, then status shows it done. */
-    r = s_run (h, (const char *[]) { "submit", "-m", "echo", "-p", "low", "status me", NULL });
+    r = h_cli (h, (const char *[]) { "submit", "-m", "echo", "-p", "low", "status me", NULL });
     ck_assert_int_eq (r.status, 0);
     char id[32];
     snprintf (id, sizeof id, "%llu", strtoull (r.out, NULL, 10));
     ck_assert_uint_gt (strtoull (id, NULL, 10), 0);
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq *c = h_client (h);
     llmq_result *res = NULL;
     ck_assert_int_eq (llmq_wait (c, strtoull (id, NULL, 10), 20000, &res), LLMQ_OK);
     llmq_result_free (&res);
     llmq_close (&c);
-    r = s_run (h, (const char *[]) { "status", id, NULL });
+    r = h_cli (h, (const char *[]) { "status", id, NULL });
     ck_assert_int_eq (r.status, 0);
     ck_assert_ptr_nonnull (strstr (r.out, "done"));
     ck_assert_ptr_nonnull (strstr (r.out, "echo: status me"));
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "status", "--json", id, NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "status", "--json", id, NULL });
     ck_assert_int_eq (r.status, 0);
     json_t *j = json_loads (r.out, 0, NULL);
     ck_assert_ptr_nonnull (j);
     json_decref (j);
-    s_run_free (&r);
+    h_cli_free (&r);
     /* Finished: cannot be cancelled. Unknown: not found. */
-    r = s_run (h, (const char *[]) { "cancel", id, NULL });
+    r = h_cli (h, (const char *[]) { "cancel", id, NULL });
     ck_assert_int_eq (r.status, 1);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "status", "987654", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "status", "987654", NULL });
     ck_assert_int_eq (r.status, 1);
-    s_run_free (&r);
+    h_cli_free (&r);
     /* A failing job: exit 1 with the reason on stderr. */
-    r = s_run (h, (const char *[]) { "submit", "-m", "gpt", "--wait", "[[mock:fail=400]] nope", NULL });
+    r = h_cli (h, (const char *[]) { "submit", "-m", "gpt", "--wait", "[[mock:fail=400]] nope", NULL });
     ck_assert_int_eq (r.status, 1);
     ck_assert_int_gt ((int) strlen (r.err), 0);
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -161,19 +111,19 @@ END_TEST
 START_TEST (test_bad_input_is_refused_clearly)
 {
     harness_t *h = s_up (false);
-    s_run_t r = s_run (h, (const char *[]) { "submit", "-m", "no-such-group", "hi", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "submit", "-m", "no-such-group", "hi", NULL });
     ck_assert_int_eq (r.status, 2);
     ck_assert_ptr_nonnull (strstr (r.err, "no-such-group"));
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "submit", "--messages", "{not json", "-m", "echo", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "submit", "--messages", "{not json", "-m", "echo", NULL });
     ck_assert_int_eq (r.status, 2);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "submit", "-m", "echo", "-p", "sometimes", "hi", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "submit", "-m", "echo", "-p", "sometimes", "hi", NULL });
     ck_assert_int_eq (r.status, 2);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "--broker", "tcp://127.0.0.1:1", "--timeout", "300ms", "stats", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "--broker", "tcp://127.0.0.1:1", "--timeout", "300ms", "stats", NULL });
     ck_assert_int_eq (r.status, 3);
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq *c = h_client (h);
     ck_assert_int_eq (h_stat (c, "totals.submitted"), 0);
     llmq_close (&c);
@@ -208,14 +158,14 @@ START_TEST (test_batch_bad_lines_named_nothing_sent)
     char path[400];
     snprintf (path, sizeof path, "%s/bad.jsonl", h->dir);
     s_write_batch (path, 10, 3, 7);
-    s_run_t r = s_run (h, (const char *[]) { "batch", "submit", path, NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "batch", "submit", path, NULL });
     ck_assert_int_eq (r.status, 2);
     char where[450];
     snprintf (where, sizeof where, "%s:3:", path);
     ck_assert_msg (strstr (r.err, where), "line 3 not named in: %s", r.err);
     snprintf (where, sizeof where, "%s:7:", path);
     ck_assert_msg (strstr (r.err, where), "line 7 not named in: %s", r.err);
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq *c = h_client (h);
     ck_assert_int_eq (h_stat (c, "totals.submitted"), 0);
     llmq_close (&c);
@@ -231,20 +181,20 @@ START_TEST (test_batch_submit_and_results_openai_format)
     snprintf (outp, sizeof outp, "%s/results.jsonl", h->dir);
     const int n = 300;
     s_write_batch (path, n, 0, 0);
-    s_run_t r = s_run (h, (const char *[]) { "batch", "submit", path, "--batch-id", "nightly", "--wait", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "batch", "submit", path, "--batch-id", "nightly", "--wait", NULL });
     ck_assert_msg (r.status == 0, "batch submit exited %d: %s", r.status, r.err);
     ck_assert_ptr_nonnull (strstr (r.out, "nightly"));
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "batch", "status", "nightly", "--json", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "batch", "status", "nightly", "--json", NULL });
     ck_assert_int_eq (r.status, 0);
     json_t *counts = json_loads (r.out, 0, NULL);
     ck_assert_int_eq (json_integer_value (json_object_get (counts, "total")), n);
     ck_assert_int_eq (json_integer_value (json_object_get (counts, "done")), n);
     json_decref (counts);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "batch", "results", "nightly", "-o", outp, NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "batch", "results", "nightly", "-o", outp, NULL });
     ck_assert_int_eq (r.status, 0);
-    s_run_free (&r);
+    h_cli_free (&r);
     /* One line per request, each custom id once, OpenAI's output shape. */
     FILE *f = fopen (outp, "r");
     ck_assert_ptr_nonnull (f);
@@ -280,9 +230,9 @@ START_TEST (test_batch_submit_and_results_openai_format)
     ck_assert_int_eq (lines, n);
     free (seen);
     /* Submitting the same batch again stores nothing new (idempotency keys). */
-    r = s_run (h, (const char *[]) { "batch", "submit", path, "--batch-id", "nightly", NULL });
+    r = h_cli (h, (const char *[]) { "batch", "submit", path, "--batch-id", "nightly", NULL });
     ck_assert_int_eq (r.status, 0);
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq *c = h_client (h);
     ck_assert_int_eq (h_stat (c, "totals.submitted"), n);
     llmq_close (&c);
@@ -310,12 +260,12 @@ START_TEST (test_batch_results_tool_calls)
                 "\"body\": {\"model\": \"gpt\", \"messages\": [{\"role\": \"user\", \"content\": "
                 "\"just text\"}]}}\n");
     ck_assert_int_eq (fclose (f), 0);
-    s_run_t r = s_run (h, (const char *[]) { "batch", "submit", path, "--batch-id", "tools", "--wait", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "batch", "submit", path, "--batch-id", "tools", "--wait", NULL });
     ck_assert_msg (r.status == 0, "batch submit exited %d: %s", r.status, r.err);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "batch", "results", "tools", "-o", outp, NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "batch", "results", "tools", "-o", outp, NULL });
     ck_assert_int_eq (r.status, 0);
-    s_run_free (&r);
+    h_cli_free (&r);
     f = fopen (outp, "r");
     ck_assert_ptr_nonnull (f);
     char line[8192];
@@ -366,12 +316,12 @@ START_TEST (test_batch_results_tool_calls)
     llmq_close (&c);
     char ids[32];
     snprintf (ids, sizeof ids, "%llu", (unsigned long long) id);
-    r = s_run (h, (const char *[]) { "status", ids, NULL });
+    r = h_cli (h, (const char *[]) { "status", ids, NULL });
     ck_assert_int_eq (r.status, 0);
     ck_assert_msg (strstr (r.out, "finish:       tool_calls"), "%s", r.out);
     ck_assert_msg (strstr (r.out, "tool calls:\n[{\"id\":\"call_mock_"), "%s", r.out);
     ck_assert_msg (strstr (r.out, "\"arguments\":\"{\\\"q\\\":\\\"status\\\"}\""), "%s", r.out);
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -379,17 +329,17 @@ END_TEST
 START_TEST (test_stats_json)
 {
     harness_t *h = s_up (false);
-    s_run_t r = s_run (h, (const char *[]) { "stats", "--json", NULL });
+    h_cli_t r = h_cli (h, (const char *[]) { "stats", "--json", NULL });
     ck_assert_int_eq (r.status, 0);
     json_t *j = json_loads (r.out, 0, NULL);
     ck_assert_ptr_nonnull (j);
     ck_assert_int_eq (json_integer_value (json_object_get (j, "worker_count")), 1);
     json_decref (j);
-    s_run_free (&r);
-    r = s_run (h, (const char *[]) { "stats", NULL });
+    h_cli_free (&r);
+    r = h_cli (h, (const char *[]) { "stats", NULL });
     ck_assert_int_eq (r.status, 0);
     ck_assert_ptr_nonnull (strstr (r.out, "worker"));
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST

@@ -20,60 +20,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define LLMQ_CLI LLMQ_BIN_DIR "/client/llmq"
 #define T_WAIT   20000          /* ms: generous, these are not timing tests */
 /*  Slow enough (20 pieces, 300 ms apart) to be listed and cancelled. */
 #define T_SLOW   "[[mock:chunks=20,chunk_delay=300]] one two three four five six seven eight"
 
 /* ------------------------------------------------------------ the CLI */
 
-typedef struct {
-    int status;                 /* exit status, or 128 + signal */
-    char *out;                  /* stdout */
-    char *err;                  /* stderr */
-} s_run_t;
-
-static void
-s_run_free (s_run_t *r)
-{
-    free (r->out);
-    free (r->err);
-    memset (r, 0, sizeof *r);
-}
-
-/*  Run `llmq --broker FRONTEND ARGS...` (args NULL-terminated), stdin from
-    /dev/null, and check its exit status, saying what came out if it
-    differs. */
-static s_run_t
+/*  Run `llmq ARGS...` against the harness's broker and check its exit
+    status, saying what came out if it differs. */
+static h_cli_t
 s_expect (harness_t *h, int status, const char *const *args)
 {
-    char outp[400], errp[400];
-    snprintf (outp, sizeof outp, "%s/ops-cli.out", h->dir);
-    snprintf (errp, sizeof errp, "%s/ops-cli.err", h->dir);
-    const char *argv[64] = { LLMQ_CLI, "--broker", h->frontend };
-    int n = 3;
-    for (int i = 0; args[i] && n < 63; i++) {
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init (&fa);
-    posix_spawn_file_actions_addopen (&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen (&fa, 1, outp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen (&fa, 2, errp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t pid;
-    extern char **environ;
-    int rc = posix_spawn (&pid, LLMQ_CLI, &fa, NULL, (char *const *) argv, environ);
-    posix_spawn_file_actions_destroy (&fa);
-    ck_assert_msg (rc == 0, "cannot run %s: %s", LLMQ_CLI, strerror (rc));
-    int wstatus = 0;
-    ck_assert_int_eq (waitpid (pid, &wstatus, 0), pid);
-    s_run_t r;
-    r.status = WIFEXITED (wstatus) ? WEXITSTATUS (wstatus) : 128 + WTERMSIG (wstatus);
-    r.out = h_slurp (outp);
-    r.err = h_slurp (errp);
-    ck_assert_ptr_nonnull (r.out);
-    ck_assert_ptr_nonnull (r.err);
+    h_cli_t r = h_cli (h, args);
     ck_assert_msg (r.status == status, "llmq %s %s: exit %d, expected %d\nstdout: %s\nstderr: %s",
                    args[0], args[1] ? args[1] : "", r.status, status, r.out, r.err);
     return r;
@@ -83,10 +41,10 @@ s_expect (harness_t *h, int status, const char *const *args)
 static json_t *
 s_expect_json (harness_t *h, const char *const *args)
 {
-    s_run_t r = s_expect (h, 0, args);
+    h_cli_t r = s_expect (h, 0, args);
     json_t *doc = json_loads (r.out, 0, NULL);
     ck_assert_msg (json_is_object (doc), "llmq %s %s: not a JSON object: %s", args[0], args[1], r.out);
-    s_run_free (&r);
+    h_cli_free (&r);
     return doc;
 }
 
@@ -147,18 +105,18 @@ START_TEST (test_help)
         { "admin", "history", "--help", NULL }, { "admin", "dead", "--help", NULL },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
-        s_run_t r = s_expect (h, 0, cmds[i]);
+        h_cli_t r = s_expect (h, 0, cmds[i]);
         ck_assert_msg (strstr (r.out, "Usage"), "no usage text for llmq admin %s", cmds[i][1]);
-        s_run_free (&r);
+        h_cli_free (&r);
     }
     /* The top help names every verb. */
-    s_run_t r = s_expect (h, 0, (const char *[]) { "admin", "--help", NULL });
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "admin", "--help", NULL });
     const char *verbs[] = { "breakers", "breaker-reset", "workers", "queue", "streams", "stream-cancel",
                             "quota", "quota-reset", "budget", "history", "dead" };
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
         ck_assert_msg (strstr (r.out, verbs[i]), "llmq admin --help lacks '%s'", verbs[i]);
     }
-    s_run_free (&r);
+    h_cli_free (&r);
     /* Usage errors, found before any broker is needed (none runs): 2. */
     const char *bad[][6] = {
         { "admin", NULL }, { "admin", "frob", NULL }, { "admin", "stream-cancel", NULL },
@@ -169,11 +127,11 @@ START_TEST (test_help)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         r = s_expect (h, 2, bad[i]);
         ck_assert_int_gt ((int) strlen (r.err), 0);
-        s_run_free (&r);
+        h_cli_free (&r);
     }
     /* A verb that needs the broker, with none there: 3. */
     r = s_expect (h, 3, (const char *[]) { "--timeout", "300ms", "admin", "queue", NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -219,16 +177,16 @@ START_TEST (test_views)
         { "admin", "breaker-reset", "mock", NULL },
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-        s_run_t r = s_expect (h, 0, ok[i]);
-        s_run_free (&r);
+        h_cli_t r = s_expect (h, 0, ok[i]);
+        h_cli_free (&r);
     }
-    s_run_t r = s_expect (h, 0, (const char *[]) { "admin", "queue", NULL });
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "admin", "queue", NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "queued 0 (urgent 0, high 0, normal 0, low 0)"));
-    s_run_free (&r);
+    h_cli_free (&r);
     /* Not an active stream: refused, 1. */
     r = s_expect (h, 1, (const char *[]) { "admin", "stream-cancel", "424242", NULL });
     ck_assert_ptr_nonnull (strstr (r.err, "no running stream 424242"));
-    s_run_free (&r);
+    h_cli_free (&r);
     h_destroy (&h);
 }
 END_TEST
@@ -252,13 +210,13 @@ START_TEST (test_stream_cancel)
     ck_assert (json_is_string (json_object_get (s, "worker")));
     ck_assert_int_gt (json_integer_value (json_object_get (s, "started_us")), 0);
     json_decref (doc);
-    s_run_t r = s_expect (h, 0, (const char *[]) { "admin", "streams", NULL });
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "admin", "streams", NULL });
     ck_assert_ptr_nonnull (strstr (r.out, ids));
-    s_run_free (&r);
+    h_cli_free (&r);
 
     r = s_expect (h, 0, (const char *[]) { "admin", "stream-cancel", ids, NULL });
     ck_assert_ptr_nonnull (strstr (r.out, "cancelled"));
-    s_run_free (&r);
+    h_cli_free (&r);
     llmq_result *res = NULL;
     ck_assert_int_eq (llmq_wait (c, id, T_WAIT, &res), LLMQ_OK);
     ck_assert_int_eq (res->state, LLMQ_STATE_CANCELLED);
@@ -270,7 +228,7 @@ START_TEST (test_stream_cancel)
     ck_assert_int_eq (json_array_size (json_object_get (doc, "streams")), 0);
     json_decref (doc);
     r = s_expect (h, 1, (const char *[]) { "admin", "stream-cancel", ids, NULL });
-    s_run_free (&r);
+    h_cli_free (&r);
 
     /* Through the library: a bad id is INVALID. */
     char *answer = NULL;
