@@ -59,68 +59,10 @@ for mode in $MODES; do
     fi
 done
 
-BENCH=$BUILD/bench/llmq-bench
-BROKER=$BUILD/broker/llmq-broker
-WORKER=$BUILD/worker/llmq-worker
-CLI=$BUILD/client/llmq
-MOCK=$BUILD/tests/mock/llmq-mock-provider
-for exe in "$BENCH" "$BROKER" "$WORKER" "$CLI" "$MOCK"; do
-    if [[ ! -x $exe ]]; then
-        echo "run.sh: $exe not found: build first (cmake --build $BUILD)" >&2
-        exit 2
-    fi
-done
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/llmq-bench.XXXXXX")
-PIDS=()                 # everything we started, in start order
+ME=run.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 STATUS=0
-
-# Stop one process by PID: TERM, up to 5 s, then KILL
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# Stop the PIDs given, newest first, and forget them
-stop_pids() {
-    local i pid keep=()
-    for ((i = $# ; i >= 1; i--)); do
-        stop_pid "${!i}"
-    done
-    for pid in "${PIDS[@]}"; do
-        [[ " $* " == *" $pid "* ]] || keep+=("$pid")
-    done
-    PIDS=("${keep[@]+"${keep[@]}"}")
-}
-
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-    local i
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[i]}"
-    done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Wait (bounded) until file $1 is non-empty, while PID $2 lives
-wait_file() {
-    local file=$1 pid=$2 what=$3 i
-    for ((i = 0; i < 100; i++)); do
-        [[ -s $file ]] && return 0
-        kill -0 "$pid" 2>/dev/null || { echo "run.sh: $what exited; its log:" >&2; cat "$TMP/$what.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "run.sh: $what did not start in 10 s" >&2
-    exit 1
-}
 
 # --- the mock provider, shared by every run --------------------------------
 "$MOCK" --port 0 --port-file "$TMP/mock.port" --quiet --threads "$MOCK_THREADS" \
