@@ -1150,9 +1150,83 @@ s_stats_json (llmq_broker_t *self)
     return root;
 }
 
+/*  What queue.show adds to the STATS view's queue figures: the age of
+    each route's head, the dead letters held, and the queued jobs per
+    tenant (the deepest LLMQ_ADMIN_TENANTS; the others summed). */
+#define LLMQ_ADMIN_TENANTS 100
+
+static int
+s_queue_more (llmq_broker_t *self, json_t *rep, uint64_t now)
+{
+    json_t *routes = json_object_get (rep, "routes");
+    const llmq_route_stats_t *rs;
+    size_t nr = llmq_store_routes (self->store, &rs);
+    for (size_t i = 0; i < nr; i++) {
+        json_t *r = json_object_get (routes, rs[i].name);
+        uint64_t enq = 0;
+        double age = llmq_store_head_enqueued (self->store, rs[i].number, &enq) == 0 && now > enq
+                   ? (double) (now - enq) / 1e6 : 0.0;
+        if (r && json_object_set_new (r, "oldest_age_s", json_real (age)) != 0) {
+            return -1;
+        }
+    }
+    llmq_depth_entry_t top[LLMQ_ADMIN_TENANTS];
+    size_t ntenants;
+    uint64_t rest;
+    size_t n = llmq_store_tenants (self->store, top, LLMQ_ADMIN_TENANTS, &ntenants, &rest);
+    json_t *list = json_array ();
+    for (size_t i = 0; list && i < n; i++) {
+        if (json_array_append_new (list, json_pack ("{s:s, s:I}", "tenant", top[i].tenant,
+                                                    "queued", (json_int_t) top[i].queued)) != 0) {
+            json_decref (list);
+            list = NULL;
+        }
+    }
+    if (!list || json_object_set_new (rep, "tenants", list) != 0) {
+        return -1;
+    }
+    return json_object_set_new (rep, "tenant_count", json_integer ((json_int_t) ntenants))
+         | json_object_set_new (rep, "tenants_other_queued", json_integer ((json_int_t) rest))
+         | json_object_set_new (rep, "dead", json_integer ((json_int_t) llmq_store_dead_count (self->store)));
+}
+
+/*  limits.show: each deployment's fleet-wide limits (0: none) next to
+    what its current window holds; `only` one deployment, or SIZE_MAX. */
+static json_t *
+s_limits_json (llmq_broker_t *self, size_t only)
+{
+    json_t *deps = json_object ();
+    uint64_t unix_ms = llmq_now_us () / 1000;
+    for (size_t i = 0; deps && i < self->config->ndeployments; i++) {
+        if (only != SIZE_MAX && i != only) {
+            continue;
+        }
+        const llmq_deployment_t *d = &self->config->deployments[i];
+        llmq_dep_view_t v;
+        llmq_router_view (self->router, i, unix_ms, &v);
+        json_t *e = json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+            "rpm", (json_int_t) d->rpm,
+            "tpm", (json_int_t) d->tpm,
+            "rate_window_ms", (json_int_t) d->rate_window_ms,
+            "max_concurrent", (json_int_t) d->max_concurrent,
+            "window_requests", (json_int_t) v.window_requests,
+            "window_tokens", (json_int_t) v.window_tokens,
+            "in_flight", (json_int_t) v.in_flight,
+            "paused_until_ms", (json_int_t) (v.paused_until_ms > unix_ms ? v.paused_until_ms : 0),
+            "full", (d->rpm && v.window_requests >= d->rpm) || (d->tpm && v.window_tokens >= d->tpm)
+                    || (d->max_concurrent && v.in_flight >= d->max_concurrent) || v.paused_until_ms > unix_ms);
+        if (!e || json_object_set_new (deps, d->name, e) != 0) {
+            json_decref (deps);
+            return NULL;
+        }
+    }
+    return deps ? json_pack ("{s:o}", "deployments", deps) : NULL;
+}
+
 /*  The admin ops that need the broker's own state (leases, subscribers,
     workers, the STATS view), which admin.c cannot see: "streams.list",
-    "streams.cancel", "breakers.list", "workers.list", "queue.show". Sets
+    "streams.cancel", "breakers.list", "limits.show", "workers.list",
+    "queue.show". Sets
     *handled false (and returns NULL) for any other op; otherwise returns
     the answer, or NULL with *code and `why` set. */
 static json_t *
@@ -1174,6 +1248,26 @@ s_ops_admin (llmq_broker_t *self, const json_t *req, uint64_t now, bool *handled
         *handled = false;
         return NULL;
     }
+    /*  One deployment for breakers.list and limits.show with a
+        "deployment" field; unknown names are NOT_FOUND. */
+    const char *want = json_string_value (json_object_get (req, "deployment"));
+    size_t want_dep = SIZE_MAX;
+    if (want && (strcmp (op, "breakers.list") == 0 || strcmp (op, "limits.show") == 0)) {
+        for (size_t i = 0; i < self->config->ndeployments; i++) {
+            if (strcmp (self->config->deployments[i].name, want) == 0) {
+                want_dep = i;
+            }
+        }
+        if (want_dep == SIZE_MAX) {
+            *code = LLMQ_ERR_NOT_FOUND;
+            snprintf (why, whylen, "no deployment '%s'", want);
+            return NULL;
+        }
+    }
+    if (strcmp (op, "limits.show") == 0) {
+        rep = s_limits_json (self, want_dep);
+        goto done;
+    }
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
         if (strcmp (op, views[i].op) == 0) {
             json_t *root = s_stats_json (self);
@@ -1182,6 +1276,18 @@ s_ops_admin (llmq_broker_t *self, const json_t *req, uint64_t now, bool *handled
                 json_object_set (rep, views[i].keys[k], json_object_get (root, views[i].keys[k]));
             }
             json_decref (root);
+            if (rep && want_dep != SIZE_MAX) {
+                /*  breakers.list of one deployment: only its entry. */
+                json_t *deps = json_object_get (rep, "deployments");
+                json_t *one = json_object ();
+                const char *name = self->config->deployments[want_dep].name;
+                json_object_set (one, name, json_object_get (deps, name));
+                json_object_set_new (rep, "deployments", one);
+            }
+            if (rep && strcmp (op, "queue.show") == 0 && s_queue_more (self, rep, now) != 0) {
+                json_decref (rep);
+                rep = NULL;
+            }
             goto done;
         }
     }
@@ -2657,6 +2763,7 @@ llmq_broker_run (llmq_broker_t *self, volatile int *stop)
         }
         uint64_t t_end = llmq_mono_us ();
         self->commit_us += t_end - t_commit;
+        llmq_metrics_commit (self->metrics, t_end - t_commit);
         self->turn_us += t_end - t_turn;
         self->n_commits++;
         s_flush (self);

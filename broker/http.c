@@ -131,6 +131,7 @@ s_admin (llmq_http_t *self, struct MHD_Connection *con, const char *method, cons
     } routes[] = {
         { "GET",  "/admin/breakers",       "breakers.list" },
         { "POST", "/admin/breakers/reset", "breaker.reset" },
+        { "GET",  "/admin/limits",         "limits.show" },
         { "GET",  "/admin/workers",        "workers.list" },
         { "GET",  "/admin/queue",          "queue.show" },
         { "GET",  "/admin/quota",          "quota.show" },

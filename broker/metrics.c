@@ -23,6 +23,10 @@ static const double s_latency_bounds[S_NBUCKET] = { 0.05, 0.1, 0.25, 0.5, 1, 2.5
 /*  Waits are longer than calls: a low-priority job waits 2 minutes by
     design (its [priority] offset). */
 static const double s_wait_bounds[S_NBUCKET] = { 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300 };
+/*  Commits: a group commit with fsync takes about a millisecond on an SSD,
+    without fsync tens of microseconds. */
+static const double s_commit_bounds[S_NBUCKET] = { 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+                                                   0.1, 0.5 };
 static const char *s_prio_names[LLMQ_NPRIO] = { "urgent", "high", "normal", "low" };
 
 typedef struct {
@@ -53,6 +57,7 @@ struct llmq_metrics {
     uint64_t *failovers;                /* [group slot] */
     uint64_t (*transitions)[S_NSTATE];  /* [slot][to] */
     s_hist_t wait[LLMQ_NPRIO];
+    s_hist_t commit;                    /* store commit time */
     s_model_t *models;                  /* in order of first use; the last may be "other" */
     size_t nmodels;
     zhashx_t *model_index;              /* name -> index + 1 */
@@ -165,6 +170,14 @@ llmq_metrics_wait (llmq_metrics_t *self, int priority, uint64_t wait_us)
     }
     int p = priority >= 0 && priority < LLMQ_NPRIO ? priority : LLMQ_NPRIO - 1;
     s_hist_add (&self->wait[p], s_wait_bounds, (double) wait_us / 1e6);
+}
+
+void
+llmq_metrics_commit (llmq_metrics_t *self, uint64_t us)
+{
+    if (self) {
+        s_hist_add (&self->commit, s_commit_bounds, (double) us / 1e6);
+    }
 }
 
 void
@@ -366,22 +379,33 @@ s_plain (FILE *f, const char *name, const char *type, const char *help, uint64_t
     fprintf (f, "%s %llu\n", name, (unsigned long long) value);
 }
 
-/*  A histogram's samples for one label (name=value, value unescaped). */
+/*  A histogram's samples for one label (name=value, value unescaped), or
+    for none (label NULL). */
 static void
 s_hist (FILE *f, const char *name, const char *label, const char *value, const double *bounds,
         const s_hist_t *h)
 {
-    char esc[512];
-    llmq_metrics_escape (value, esc, sizeof esc);
+    char esc[512], lv[600];     /* 'label="value",' or "" */
+    lv[0] = '\0';
+    if (label) {
+        snprintf (lv, sizeof lv, "%s=\"%s\",", label, llmq_metrics_escape (value, esc, sizeof esc));
+    }
+    size_t n = strlen (lv);
     uint64_t cum = 0;
     for (size_t i = 0; i < S_NBUCKET; i++) {
         cum += h->buckets[i];
-        fprintf (f, "%s_bucket{%s=\"%s\",le=\"%g\"} %llu\n", name, label, esc, bounds[i],
-                 (unsigned long long) cum);
+        fprintf (f, "%s_bucket{%sle=\"%g\"} %llu\n", name, lv, bounds[i], (unsigned long long) cum);
     }
-    fprintf (f, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, esc, (unsigned long long) h->count);
-    fprintf (f, "%s_sum{%s=\"%s\"} %.9g\n", name, label, esc, h->sum);
-    fprintf (f, "%s_count{%s=\"%s\"} %llu\n", name, label, esc, (unsigned long long) h->count);
+    fprintf (f, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, lv, (unsigned long long) h->count);
+    if (n) {
+        lv[n - 1] = '\0';      /* no trailing comma in the braces */
+        fprintf (f, "%s_sum{%s} %.9g\n", name, lv, h->sum);
+        fprintf (f, "%s_count{%s} %llu\n", name, lv, (unsigned long long) h->count);
+    }
+    else {
+        fprintf (f, "%s_sum %.9g\n", name, h->sum);
+        fprintf (f, "%s_count %llu\n", name, (unsigned long long) h->count);
+    }
 }
 
 typedef struct {
@@ -454,6 +478,22 @@ s_render_queue (FILE *f, const llmq_metrics_src_t *src)
     if (nr > kept) {
         fprintf (f, "llmq_queue_oldest_age_seconds{group=\"other\"} %.3f\n", (double) other_age / 1e6);
     }
+    /*  Per tenant: the deepest LLMQ_METRICS_MAX_ORGS, the rest summed. */
+    llmq_depth_entry_t top[LLMQ_METRICS_MAX_ORGS];
+    size_t ntenants;
+    uint64_t rest;
+    size_t nt = llmq_store_tenants (src->store, top, LLMQ_METRICS_MAX_ORGS, &ntenants, &rest);
+    s_head (f, "llmq_queue_tenant_depth", "gauge",
+            "Queued and delayed jobs per tenant (org:NAME, user:NAME or -), the deepest 100; the rest as other.");
+    for (size_t i = 0; i < nt; i++) {
+        fprintf (f, "llmq_queue_tenant_depth{tenant=\"%s\"} %llu\n",
+                 llmq_metrics_escape (top[i].tenant, esc, sizeof esc), (unsigned long long) top[i].queued);
+    }
+    if (ntenants > nt) {
+        fprintf (f, "llmq_queue_tenant_depth{tenant=\"other\"} %llu\n", (unsigned long long) rest);
+    }
+    s_plain (f, "llmq_dead_letters", "gauge", "Dead-lettered jobs held (llmq dead list).",
+             llmq_store_dead_count (src->store));
 }
 
 /*  Breaker severity, to fold several breakers into one "other" value. */
@@ -684,6 +724,8 @@ llmq_metrics_render (llmq_metrics_t *self, const llmq_metrics_src_t *src, size_t
     s_plain (f, "llmq_commits_total", "counter", "Store commits (one per loop turn).", src->commits);
     s_head (f, "llmq_commit_seconds_total", "counter", "Time spent in store commits, sync included.");
     fprintf (f, "llmq_commit_seconds_total %.6f\n", (double) src->commit_us / 1e6);
+    s_head (f, "llmq_commit_duration_seconds", "histogram", "Time of each store commit, sync included.");
+    s_hist (f, "llmq_commit_duration_seconds", NULL, NULL, s_commit_bounds, &self->commit);
     if (fclose (f) != 0) {
         free (text);
         return NULL;

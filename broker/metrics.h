@@ -48,6 +48,8 @@ void llmq_metrics_destroy (llmq_metrics_t **self_p);
 void llmq_metrics_call (llmq_metrics_t *self, size_t dep, int error_class, uint64_t latency_us);
 /*  A job dispatched after waiting `wait_us` since it was enqueued. */
 void llmq_metrics_wait (llmq_metrics_t *self, int priority, uint64_t wait_us);
+/*  A store commit took `us` (sync included). */
+void llmq_metrics_commit (llmq_metrics_t *self, uint64_t us);
 /*  A breaker of deployment `dep` went to state `to` (llmq_breaker_state). */
 void llmq_metrics_transition (llmq_metrics_t *self, size_t dep, int to);
 /*  A finished job's tokens and cost (micro-USD), booked to `model` and

@@ -22,6 +22,7 @@
       restart (crash-only), so these counters never drift from the truth.
 */
 #include "store.h"
+#include "depth.h"
 #include "log.h"
 
 #include <errno.h>
@@ -44,6 +45,7 @@ typedef struct {
     uint64_t next_id, next_lease;
     size_t nroutes;
     llmq_route_stats_t *stats;      /* nroutes entries */
+    size_t depth_mark;              /* the tenant depth journal's length */
 } s_view_t;
 
 struct llmq_store {
@@ -66,6 +68,7 @@ struct llmq_store {
     s_route_t *routes_v;            /* index = route number - 1 */
     size_t nroutes;
     llmq_route_stats_t *stats_v;    /* view for llmq_store_routes */
+    llmq_depth_t *depth;            /* queued jobs per tenant */
     llmq_buf_t buf;                 /* scratch for encoding records */
     /* The in-memory view at begin, put back by abort so that it never
        counts what the aborted transaction did. */
@@ -252,6 +255,28 @@ llmq_store_routes (llmq_store_t *self, const llmq_route_stats_t **routes)
     return self->nroutes;
 }
 
+size_t
+llmq_store_tenants (llmq_store_t *self, llmq_depth_entry_t *out, size_t max, size_t *tenants,
+                    uint64_t *rest)
+{
+    return llmq_depth_top (self->depth, out, max, tenants, rest);
+}
+
+uint64_t
+llmq_store_dead_count (llmq_store_t *self)
+{
+    MDB_txn *txn = self->txn;
+    if (!txn && mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0) {
+        return 0;
+    }
+    MDB_stat st;
+    uint64_t n = mdb_stat (txn, self->dead, &st) == 0 ? st.ms_entries : 0;
+    if (txn != self->txn) {
+        mdb_txn_abort (txn);
+    }
+    return n;
+}
+
 static llmq_route_stats_t *
 s_stats (llmq_store_t *self, const char *model)
 {
@@ -391,6 +416,7 @@ s_recover (llmq_store_t *self, uint64_t now, char *err, size_t errlen)
                 else {
                     st->ready[job.priority < LLMQ_NPRIO ? job.priority : LLMQ_NPRIO - 1]++;
                 }
+                (void) llmq_depth_add (self->depth, job.user, job.org, 1);
             }
             live++;
         }
@@ -398,6 +424,7 @@ s_recover (llmq_store_t *self, uint64_t now, char *err, size_t errlen)
     }
     mdb_cursor_close (c);
     llmq_arena_destroy (&arena);
+    llmq_depth_settle (self->depth);
     (void) now;
     llmq_info ("store: %zu live job(s), next id %llu", live, (unsigned long long) self->next_id);
     return 0;
@@ -416,8 +443,14 @@ llmq_store_open (const char *dir, const llmq_store_opts_t *opts, uint64_t now, c
         self->opts.max_map_size = self->opts.map_size;
     }
     llmq_buf_init (&self->buf);
+    if (!(self->depth = llmq_depth_new ())) {
+        snprintf (err, errlen, "out of memory");
+        free (self);
+        return NULL;
+    }
     if (mkdir (dir, 0750) != 0 && errno != EEXIST) {
         snprintf (err, errlen, "%s: cannot create data directory: %s", dir, strerror (errno));
+        llmq_depth_destroy (&self->depth);
         free (self);
         return NULL;
     }
@@ -492,6 +525,7 @@ llmq_store_close (llmq_store_t **self_p)
         free (self->stats_v);
         free (self->turn_view.stats);
         free (self->batch_view.stats);
+        llmq_depth_destroy (&self->depth);
         llmq_buf_free (&self->buf);
         free (self);
         *self_p = NULL;
@@ -511,6 +545,7 @@ s_view_save (llmq_store_t *self, s_view_t *v)
         stats[i] = self->routes_v[i].stats;
     }
     v->nroutes = self->nroutes;
+    v->depth_mark = llmq_depth_mark (self->depth);
     v->next_id = self->next_id;
     v->next_lease = self->next_lease;
     return 0;
@@ -530,6 +565,7 @@ s_view_restore (llmq_store_t *self, const s_view_t *v)
     }
     self->next_id = v->next_id;
     self->next_lease = v->next_lease;
+    llmq_depth_undo (self->depth, v->depth_mark);
 }
 
 int
@@ -546,6 +582,7 @@ static void
 s_restore (llmq_store_t *self)
 {
     s_view_restore (self, &self->turn_view);
+    llmq_depth_settle (self->depth);
     self->counters_dirty = false;
 }
 
@@ -575,6 +612,7 @@ llmq_store_commit (llmq_store_t *self)
         s_restore (self);
         return LLMQ_ERR_STORE;
     }
+    llmq_depth_settle (self->depth);
     return 0;
 }
 
@@ -957,6 +995,7 @@ llmq_store_submit (llmq_store_t *self, llmq_job_t *job, uint64_t now, bool *dup)
     self->next_id++;
     self->counters_dirty = true;
     self->routes_v[route - 1].stats.ready[job->priority % LLMQ_NPRIO]++;
+    (void) llmq_depth_add (self->depth, job->user, job->org, 1);
     return 0;
 }
 
@@ -1214,6 +1253,7 @@ llmq_store_lease (llmq_store_t *self, uint64_t id, uint64_t now, llmq_job_t *job
         return rc;
     }
     r->stats.ready[job->priority % LLMQ_NPRIO]--;
+    (void) llmq_depth_add (self->depth, job->user, job->org, -1);
     if (job->deadline_us && job->deadline_us <= now) {
         memset (final, 0, sizeof *final);
         final->state = LLMQ_STATE_EXPIRED;
@@ -1354,6 +1394,7 @@ llmq_store_requeue (llmq_store_t *self, uint64_t id, uint64_t lease, bool count_
             st->ready[job.priority % LLMQ_NPRIO]++;
         }
     }
+    (void) llmq_depth_add (self->depth, job.user, job.org, 1);
     if (job.deadline_us) {
         s_time_key_t dk;
         MDB_val k = s_time_key (&dk, job.deadline_us, id);
@@ -1367,6 +1408,7 @@ static int
 s_unqueue (llmq_store_t *self, const llmq_job_t *job)
 {
     llmq_route_stats_t *st = s_stats (self, job->model);
+    (void) llmq_depth_add (self->depth, job->user, job->org, -1);
     if (job->state == LLMQ_STATE_DELAYED) {
         s_time_key_t tk;
         if (st) {
@@ -2245,6 +2287,7 @@ s_dead_requeue (llmq_store_t *self, llmq_dead_t *d, uint64_t now)
     }
     self->turn_bytes += need;
     self->routes_v[route - 1].stats.ready[job->priority % LLMQ_NPRIO]++;
+    (void) llmq_depth_add (self->depth, job->user, job->org, 1);
     return 0;
 }
 

@@ -34,6 +34,7 @@
 #include <stdint.h>
 #include "codec.h"
 #include "config.h"
+#include "depth.h"
 
 #define LLMQ_STORE_FORMAT 1
 
@@ -282,6 +283,12 @@ int  llmq_store_dead_purge_all (llmq_store_t *self, const char *model, size_t ma
     current transaction). */
 int  llmq_store_route (llmq_store_t *self, const char *name, uint32_t *number);
 size_t llmq_store_routes (llmq_store_t *self, const llmq_route_stats_t **routes);
+/*  Queued and delayed jobs per tenant ("org:NAME", "user:NAME" or "-"),
+    deepest first: see llmq_depth_top. */
+size_t llmq_store_tenants (llmq_store_t *self, llmq_depth_entry_t *out, size_t max, size_t *tenants,
+                           uint64_t *rest);
+/*  Dead letters held. */
+uint64_t llmq_store_dead_count (llmq_store_t *self);
 /*  Earliest not_before among delayed jobs, or 0 when none. */
 uint64_t llmq_store_next_delayed (llmq_store_t *self);
 

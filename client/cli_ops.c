@@ -21,10 +21,11 @@ static const char s_usage[] =
     "Look at and steer a running broker (docs/protocol.md, \"Admin operations\").\n"
     "\n"
     "Verbs:\n"
-    "  breakers                every deployment's breaker, limits and latency\n"
+    "  breakers [DEPLOYMENT]   every deployment's breaker, calls and latency (or one's)\n"
     "  breaker-reset [DEP]     force a breaker closed (every one without DEP)\n"
     "  workers                 connected workers: host, slots, in flight, last heartbeat\n"
-    "  queue                   depths by priority and route, delayed, in flight\n"
+    "  queue                   depths by priority, route and tenant, oldest age, delayed, dead\n"
+    "  limits [DEPLOYMENT]     rate windows and concurrency against each deployment's limits\n"
     "  streams                 running jobs streaming to a client\n"
     "  stream-cancel ID        cancel one of them (as 'llmq cancel ID')\n"
     "  quota USER              a user's limits, usage and budgets ('llmq quota')\n"
@@ -41,7 +42,7 @@ static const char s_usage[] =
     "Exit status: 0 ok, 1 refused or not found, 2 usage error, 3 broker unreachable.\n";
 
 /*  A verb answered here: its admin op, what it takes, how it prints. */
-typedef enum { S_ARG_NONE, S_ARG_ID, S_ARG_NAME } s_arg_t;
+typedef enum { S_ARG_NONE, S_ARG_ID, S_ARG_NAME, S_ARG_DEPLOYMENT } s_arg_t;
 typedef void (s_print_fn) (const json_t *rep);
 
 typedef struct {
@@ -100,6 +101,39 @@ s_print_breakers (const json_t *rep)
     }
 }
 
+/*  "12/60" for a window's use against its limit, "5/-" with no limit. */
+static const char *
+s_of (char *buf, size_t len, long long used, long long limit)
+{
+    if (limit) {
+        snprintf (buf, len, "%lld/%lld", used, limit);
+    }
+    else {
+        snprintf (buf, len, "%lld/-", used);
+    }
+    return buf;
+}
+
+static void
+s_print_limits (const json_t *rep)
+{
+    const json_t *deps = json_object_get (rep, "deployments");
+    printf ("%-24s  %8s  %-13s  %-21s  %-11s  %-20s  %s\n", "DEPLOYMENT", "WINDOW", "REQUESTS", "TOKENS",
+            "IN_FLIGHT", "PAUSED_UNTIL", "FULL");
+    const char *name;
+    const json_t *d;
+    json_object_foreach ((json_t *) deps, name, d) {
+        char w[24], rq[32], tk[48], fl[32], t[32];
+        snprintf (w, sizeof w, "%llds", s_int (d, "rate_window_ms") / 1000);
+        printf ("%-24s  %8s  %-13s  %-21s  %-11s  %-20s  %s\n", name, w,
+                s_of (rq, sizeof rq, s_int (d, "window_requests"), s_int (d, "rpm")),
+                s_of (tk, sizeof tk, s_int (d, "window_tokens"), s_int (d, "tpm")),
+                s_of (fl, sizeof fl, s_int (d, "in_flight"), s_int (d, "max_concurrent")),
+                s_time ((uint64_t) s_int (d, "paused_until_ms") * 1000u, t, sizeof t),
+                json_is_true (json_object_get (d, "full")) ? "yes" : "no");
+    }
+}
+
 static void
 s_print_workers (const json_t *rep)
 {
@@ -121,20 +155,36 @@ s_print_queue (const json_t *rep)
 {
     static const char *prio[] = { "urgent", "high", "normal", "low" };
     const json_t *bp = json_object_get (rep, "queued_by_priority");
-    printf ("queued %lld (urgent %lld, high %lld, normal %lld, low %lld), delayed %lld, in flight %lld\n",
-            s_int (rep, "queued"), s_int (bp, prio[0]), s_int (bp, prio[1]), s_int (bp, prio[2]),
-            s_int (bp, prio[3]), s_int (rep, "delayed"), s_int (rep, "in_flight"));
+    printf ("queued %lld (urgent %lld, high %lld, normal %lld, low %lld), delayed %lld, in flight %lld, "
+            "dead %lld\n", s_int (rep, "queued"), s_int (bp, prio[0]), s_int (bp, prio[1]), s_int (bp, prio[2]),
+            s_int (bp, prio[3]), s_int (rep, "delayed"), s_int (rep, "in_flight"), s_int (rep, "dead"));
     const json_t *routes = json_object_get (rep, "routes");
-    if (json_object_size (routes) == 0) {
-        return;
+    if (json_object_size (routes) > 0) {
+        printf ("\n%-24s  %7s  %7s  %7s  %7s  %7s  %7s  %10s\n", "ROUTE", "URGENT", "HIGH", "NORMAL", "LOW",
+                "DELAYED", "RUNNING", "OLDEST(s)");
+        const char *name;
+        const json_t *r;
+        json_object_foreach ((json_t *) routes, name, r) {
+            const json_t *age = json_object_get (r, "oldest_age_s");
+            printf ("%-24s  %7lld  %7lld  %7lld  %7lld  %7lld  %7lld  %10.1f\n", name, s_int (r, prio[0]),
+                    s_int (r, prio[1]), s_int (r, prio[2]), s_int (r, prio[3]), s_int (r, "delayed"),
+                    s_int (r, "running"), json_number_value (age));
+        }
     }
-    printf ("%-24s  %7s  %7s  %7s  %7s  %7s  %7s\n", "ROUTE", "URGENT", "HIGH", "NORMAL", "LOW", "DELAYED",
-            "RUNNING");
-    const char *name;
-    const json_t *r;
-    json_object_foreach ((json_t *) routes, name, r) {
-        printf ("%-24s  %7lld  %7lld  %7lld  %7lld  %7lld  %7lld\n", name, s_int (r, prio[0]), s_int (r, prio[1]),
-                s_int (r, prio[2]), s_int (r, prio[3]), s_int (r, "delayed"), s_int (r, "running"));
+    const json_t *tenants = json_object_get (rep, "tenants");
+    if (json_array_size (tenants) > 0) {
+        printf ("\n%-40s  %9s\n", "TENANT", "QUEUED");
+        size_t i;
+        const json_t *t;
+        json_array_foreach (tenants, i, t) {
+            printf ("%-40s  %9lld\n", s_str (t, "tenant", "-"), s_int (t, "queued"));
+        }
+        long long shown = (long long) json_array_size (tenants), all = s_int (rep, "tenant_count");
+        if (all > shown) {
+            char label[64];
+            snprintf (label, sizeof label, "(%lld other tenants)", all - shown);
+            printf ("%-40s  %9lld\n", label, s_int (rep, "tenants_other_queued"));
+        }
     }
 }
 
@@ -185,12 +235,27 @@ s_print_budget (const json_t *rep)
     "      --broker ENDPOINT, --timeout DUR, -h, --help   as for 'llmq'\n"
 
 static const s_verb_t s_verbs[] = {
-    { "breakers", "breakers.list", S_ARG_NONE, false,
-      "Usage: llmq admin breakers [--json]\n"
+    { "breakers", "breakers.list", S_ARG_DEPLOYMENT, false,
+      "Usage: llmq admin breakers [DEPLOYMENT] [--json]\n"
       "\n"
-      "Every deployment: breaker state, open until (UTC), calls in flight,\n"
-      "calls and failures since start, p95 latency.\n" S_OPTS_HELP,
+      "Every deployment (or only DEPLOYMENT): breaker state, open until (UTC),\n"
+      "calls in flight, calls and failures since start, p95 latency. With\n"
+      "--json, everything the broker knows of it: breaker window counts,\n"
+      "latency figures, the timeout its next call gets.\n" S_OPTS_HELP
+      "\n"
+      "Exit status: 0 ok, 1 no such deployment, 2 usage error, 3 broker unreachable.\n",
       s_print_breakers },
+    { "limits", "limits.show", S_ARG_DEPLOYMENT, false,
+      "Usage: llmq admin limits [DEPLOYMENT] [--json]\n"
+      "\n"
+      "The fleet-wide limits the broker holds for every deployment (or only\n"
+      "DEPLOYMENT): requests and tokens per rate window and what the current\n"
+      "window has granted, calls in flight against max_concurrent, and a\n"
+      "pause after a 429 (until, UTC). FULL says no call may start now. A\n"
+      "user's quota is 'llmq admin quota USER'.\n" S_OPTS_HELP
+      "\n"
+      "Exit status: 0 ok, 1 no such deployment, 2 usage error, 3 broker unreachable.\n",
+      s_print_limits },
     { "workers", "workers.list", S_ARG_NONE, false,
       "Usage: llmq admin workers [--json]\n"
       "\n"
@@ -200,8 +265,10 @@ static const s_verb_t s_verbs[] = {
     { "queue", "queue.show", S_ARG_NONE, false,
       "Usage: llmq admin queue [--json]\n"
       "\n"
-      "Queued jobs by priority and by route (model group), delayed jobs\n"
-      "(waiting out a backoff) and jobs in flight.\n" S_OPTS_HELP,
+      "Queued jobs by priority and by route (model group) with the age of\n"
+      "each route's next job, delayed jobs (waiting out a backoff), jobs in\n"
+      "flight, dead letters held, and queued jobs per tenant (org:NAME, or\n"
+      "user:NAME for jobs without an org; the 100 deepest).\n" S_OPTS_HELP,
       s_print_queue },
     { "streams", "streams.list", S_ARG_NONE, false,
       "Usage: llmq admin streams [--json]\n"
@@ -266,6 +333,9 @@ s_run (cli_t *cli, const s_verb_t *v, int argc, char **argv)
         }
     }
     const char *operand = optind < argc ? argv[optind++] : NULL;
+    if (operand && v->arg == S_ARG_DEPLOYMENT && !*operand) {
+        return cli_usage_error (cli, "expected a deployment name");
+    }
     if (optind < argc || (operand && v->arg == S_ARG_NONE)) {
         return cli_usage_error (cli, "unexpected argument '%s'", optind < argc ? argv[optind] : operand);
     }
@@ -281,6 +351,12 @@ s_run (cli_t *cli, const s_verb_t *v, int argc, char **argv)
             return cli_usage_error (cli, "'%s' is not a job id (a positive number)", operand);
         }
         json_object_set_new (req, "id", json_integer ((json_int_t) id));
+    }
+    else
+    if (v->arg == S_ARG_DEPLOYMENT) {
+        if (operand) {
+            json_object_set_new (req, "deployment", json_string (operand));
+        }
     }
     else
     if (v->arg == S_ARG_NAME) {

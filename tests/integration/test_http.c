@@ -139,7 +139,7 @@ static double
 s_check_histogram (const char *text, const char *name, const char *labels)
 {
     char prefix[256];
-    snprintf (prefix, sizeof prefix, "%s_bucket{%s,le=\"", name, labels);
+    snprintf (prefix, sizeof prefix, "%s_bucket{%s%sle=\"", name, labels, *labels ? "," : "");
     size_t n = strlen (prefix);
     double last = 0, inf = -1;
     int buckets = 0;
@@ -160,7 +160,12 @@ s_check_histogram (const char *text, const char *name, const char *labels)
     }
     ck_assert_int_eq (buckets, 11);
     char series[256];
-    snprintf (series, sizeof series, "%s_count{%s}", name, labels);
+    if (*labels) {
+        snprintf (series, sizeof series, "%s_count{%s}", name, labels);
+    }
+    else {
+        snprintf (series, sizeof series, "%s_count", name);
+    }
     double count = s_sample (text, series);
     ck_assert (inf == count);
     return count;
@@ -239,6 +244,9 @@ START_TEST (test_health_ready_and_metrics)
     ck_assert (s_sample (text, "llmq_workers") == 1);
     ck_assert (s_sample (text, "llmq_worker_slots_free") == 4);
     ck_assert (s_sample (text, "llmq_commits_total") > 0);
+    /*  Read in the same turn: one commit time per commit. */
+    ck_assert (s_check_histogram (text, "llmq_commit_duration_seconds", "") == s_sample (text, "llmq_commits_total"));
+    ck_assert (s_sample (text, "llmq_dead_letters") == 0);
     ck_assert (s_sample (text, "llmq_store_max_bytes") > 0);
     ck_assert (s_sample (text, "llmq_tokens_total{model=\"echo\",org=\"none\",kind=\"prompt\"}") >= 0);
     ck_assert (s_sample (text, "llmq_cost_usd_total{model=\"echo\",org=\"none\"}") == 0);
@@ -282,6 +290,31 @@ START_TEST (test_admin_needs_token)
     free (body);
     body = s_http (port, "GET", "/admin/queue", T_TOKEN, &status);
     ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert (json_is_array (json_object_get (j, "tenants")));
+    ck_assert (json_is_integer (json_object_get (j, "dead")));
+    json_decref (j);
+    free (body);
+    /*  One deployment's breaker; its limits; an unknown one is 404. */
+    body = s_http (port, "GET", "/admin/breakers?deployment=echo", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert_int_eq (json_object_size (json_object_get (j, "deployments")), 1);
+    ck_assert (json_is_object (json_object_get (json_object_get (j, "deployments"), "echo")));
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/breakers?deployment=nosuch", T_TOKEN, &status);
+    ck_assert_int_eq (status, 404);
+    free (body);
+    body = s_http (port, "GET", "/admin/limits", T_TOKEN, &status);
+    ck_assert_int_eq (status, 200);
+    j = json_loads (body, 0, &jerr);
+    ck_assert (json_is_integer (json_object_get (json_object_get (json_object_get (j, "deployments"), "echo"),
+                                                 "window_requests")));
+    json_decref (j);
+    free (body);
+    body = s_http (port, "GET", "/admin/limits?deployment=nosuch", T_TOKEN, &status);
+    ck_assert_int_eq (status, 404);
     free (body);
     body = s_http (port, "GET", "/admin/quota?user=alice", T_TOKEN, &status);
     ck_assert_int_eq (status, 200);
@@ -362,6 +395,7 @@ START_TEST (test_breaker_reset_over_http)
     ck_assert (s_sample (text, "llmq_breaker_transitions_total{deployment=\"flaky\",to=\"open\"}") == 1);
     ck_assert (s_sample (text, "llmq_provider_calls_total{deployment=\"flaky\",outcome=\"server\"}") == 2);
     ck_assert (s_sample (text, "llmq_jobs_finished_total{state=\"dead\"}") == 2);
+    ck_assert (s_sample (text, "llmq_dead_letters") == 2);
     free (text);
 
     char *body = s_http (port, "POST", "/admin/breakers/reset?deployment=nosuch", T_TOKEN, &status);
@@ -572,6 +606,7 @@ START_TEST (test_queue_oldest_age)
     j.model = "echo";
     j.body = "{\"messages\":[{\"role\":\"user\",\"content\":\"wait\"}]}";
     j.priority = LLMQ_PRIO_NORMAL;
+    j.org = "acme";
     int64_t t0 = s_ms (CLOCK_REALTIME);
     uint64_t id = 0;
     ck_assert_int_eq (llmq_submit (c, &j, &id, 5000), LLMQ_OK);
@@ -585,6 +620,7 @@ START_TEST (test_queue_oldest_age)
         int64_t t2 = s_ms (CLOCK_REALTIME);
         age = s_sample (text, "llmq_queue_oldest_age_seconds{group=\"echo\"}");
         ck_assert (s_sample (text, "llmq_queue_depth{group=\"echo\",priority=\"normal\"}") == 1);
+        ck_assert (s_sample (text, "llmq_queue_tenant_depth{tenant=\"org:acme\"}") == 1);
         ck_assert_msg (age <= (double) (t2 - t0) / 1000 + 0.002, "age %g > %g s since submit", age,
                        (double) (t2 - t0) / 1000);
         free (text);
@@ -599,6 +635,7 @@ START_TEST (test_queue_oldest_age)
     long status = 0;
     char *text = s_http (port, "GET", "/metrics", NULL, &status);
     ck_assert (s_sample (text, "llmq_queue_oldest_age_seconds{group=\"echo\"}") == 0);
+    ck_assert_ptr_null (strstr (text, "llmq_queue_tenant_depth{"));     /* no tenant has a queued job */
     s_promtool (h, text);
     free (text);
     llmq_close (&c);

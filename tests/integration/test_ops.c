@@ -103,6 +103,7 @@ START_TEST (test_help)
         { "admin", "stream-cancel", "--help", NULL }, { "admin", "quota", "--help", NULL },
         { "admin", "quota-reset", "--help", NULL }, { "admin", "budget", "--help", NULL },
         { "admin", "history", "--help", NULL }, { "admin", "dead", "--help", NULL },
+        { "admin", "limits", "--help", NULL },
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         h_cli_t r = s_expect (h, 0, cmds[i]);
@@ -112,7 +113,7 @@ START_TEST (test_help)
     /* The top help names every verb. */
     h_cli_t r = s_expect (h, 0, (const char *[]) { "admin", "--help", NULL });
     const char *verbs[] = { "breakers", "breaker-reset", "workers", "queue", "streams", "stream-cancel",
-                            "quota", "quota-reset", "budget", "history", "dead" };
+                            "quota", "quota-reset", "budget", "history", "dead", "limits" };
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++) {
         ck_assert_msg (strstr (r.out, verbs[i]), "llmq admin --help lacks '%s'", verbs[i]);
     }
@@ -122,7 +123,7 @@ START_TEST (test_help)
         { "admin", NULL }, { "admin", "frob", NULL }, { "admin", "stream-cancel", NULL },
         { "admin", "stream-cancel", "x1", NULL }, { "admin", "queue", "extra", NULL },
         { "admin", "budget", NULL }, { "admin", "budget", "u", "--org", "o", NULL },
-        { "admin", "workers", "--org", "o", NULL },
+        { "admin", "workers", "--org", "o", NULL }, { "admin", "limits", "a", "b", NULL },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         r = s_expect (h, 2, bad[i]);
@@ -191,6 +192,112 @@ START_TEST (test_views)
 }
 END_TEST
 
+/*  Submit a job of `user`/`org` (either NULL) to `model`. */
+static uint64_t
+s_submit (llmq *c, const char *model, const char *user, const char *org, const char *text, unsigned attempts)
+{
+    json_t *b = json_pack ("{s:[{s:s,s:s}]}", "messages", "role", "user", "content", text);
+    char *body = json_dumps (b, JSON_COMPACT);
+    json_decref (b);
+    llmq_job j;
+    memset (&j, 0, sizeof j);
+    j.model = model;
+    j.body = body;
+    j.user = user;
+    j.org = org;
+    j.max_attempts = attempts;
+    j.priority = LLMQ_PRIO_NORMAL;
+    uint64_t id = 0;
+    ck_assert_int_eq (llmq_submit (c, &j, &id, T_WAIT), LLMQ_OK);
+    free (body);
+    return id;
+}
+
+/*  The queue view: depths per tenant while no worker runs, then the dead
+    letter and an empty queue once one has; one deployment's breaker and
+    the limits view. */
+START_TEST (test_queue_view)
+{
+    harness_t *h = h_new (NULL);
+    ck_assert_ptr_nonnull (h);
+    ck_assert_int_eq (h_start_mock (h, NULL), 0);
+    ck_assert_int_eq (h_start_broker (h, NULL), 0);
+    llmq *c = h_client (h);
+    uint64_t ids[6];
+    for (int i = 0; i < 3; i++) {
+        ids[i] = s_submit (c, "gpt", "ann", "acme", "hello", 0);
+    }
+    for (int i = 3; i < 5; i++) {
+        ids[i] = s_submit (c, "echo", "bob", NULL, "hello", 0);
+    }
+    ids[5] = s_submit (c, "gpt", NULL, NULL, "[[mock:fail=500]] doomed", 1);
+
+    json_t *doc = s_expect_json (h, (const char *[]) { "admin", "queue", "--json", NULL });
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "queued")), 6);
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "tenant_count")), 3);
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "tenants_other_queued")), 0);
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "dead")), 0);
+    const json_t *tenants = json_object_get (doc, "tenants");
+    const char *want[] = { "org:acme", "user:bob", "-" };
+    const json_int_t depth[] = { 3, 2, 1 };
+    ck_assert_int_eq (json_array_size (tenants), 3);
+    for (size_t i = 0; i < 3; i++) {
+        const json_t *t = json_array_get (tenants, i);
+        ck_assert_str_eq (json_string_value (json_object_get (t, "tenant")), want[i]);
+        ck_assert_int_eq (json_integer_value (json_object_get (t, "queued")), depth[i]);
+    }
+    const json_t *gpt = json_object_get (json_object_get (doc, "routes"), "gpt");
+    ck_assert_int_eq (json_integer_value (json_object_get (gpt, "normal")), 4);
+    ck_assert (json_is_real (json_object_get (gpt, "oldest_age_s")));
+    ck_assert (json_real_value (json_object_get (gpt, "oldest_age_s")) >= 0.0);
+    json_decref (doc);
+    h_cli_t r = s_expect (h, 0, (const char *[]) { "admin", "queue", NULL });
+    ck_assert_ptr_nonnull (strstr (r.out, "TENANT"));
+    ck_assert_ptr_nonnull (strstr (r.out, "org:acme"));
+    ck_assert_ptr_nonnull (strstr (r.out, "OLDEST"));
+    h_cli_free (&r);
+
+    /*  One deployment; an unknown one is refused (1). */
+    doc = s_expect_json (h, (const char *[]) { "admin", "breakers", "mock", "--json", NULL });
+    ck_assert_int_eq (json_object_size (json_object_get (doc, "deployments")), 1);
+    ck_assert_str_eq (json_string_value (json_object_get (json_object_get (json_object_get (doc, "deployments"),
+                                                                           "mock"), "breaker")), "closed");
+    json_decref (doc);
+    r = s_expect (h, 1, (const char *[]) { "admin", "breakers", "nosuch", NULL });
+    ck_assert_ptr_nonnull (strstr (r.err, "no deployment 'nosuch'"));
+    h_cli_free (&r);
+    doc = s_expect_json (h, (const char *[]) { "admin", "limits", "--json", NULL });
+    const json_t *lim = json_object_get (json_object_get (doc, "deployments"), "mock");
+    ck_assert_int_eq (json_integer_value (json_object_get (lim, "rate_window_ms")), 60000);
+    ck_assert_int_eq (json_integer_value (json_object_get (lim, "in_flight")), 0);
+    ck_assert (json_is_false (json_object_get (lim, "full")));
+    json_decref (doc);
+    r = s_expect (h, 0, (const char *[]) { "admin", "limits", "mock", NULL });
+    ck_assert_ptr_nonnull (strstr (r.out, "mock"));
+    ck_assert_ptr_null (strstr (r.out, "echo"));
+    h_cli_free (&r);
+    r = s_expect (h, 1, (const char *[]) { "admin", "limits", "nosuch", NULL });
+    h_cli_free (&r);
+
+    /*  A worker runs them all: the doomed one is a dead letter. */
+    ck_assert_int_ge (h_start_worker (h, 4, 1), 0);
+    for (int i = 0; i < 6; i++) {
+        llmq_result *res = NULL;
+        ck_assert_int_eq (llmq_wait (c, ids[i], T_WAIT, &res), LLMQ_OK);
+        ck_assert_int_eq (res->state, i == 5 ? LLMQ_STATE_DEAD : LLMQ_STATE_DONE);
+        llmq_result_free (&res);
+    }
+    doc = s_expect_json (h, (const char *[]) { "admin", "queue", "--json", NULL });
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "queued")), 0);
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "tenant_count")), 0);
+    ck_assert_int_eq (json_array_size (json_object_get (doc, "tenants")), 0);
+    ck_assert_int_eq (json_integer_value (json_object_get (doc, "dead")), 1);
+    json_decref (doc);
+    llmq_close (&c);
+    h_destroy (&h);
+}
+END_TEST
+
 START_TEST (test_stream_cancel)
 {
     harness_t *h = s_up ();
@@ -246,6 +353,7 @@ s_suite (void)
     tcase_set_timeout (tc, 120);
     tcase_add_test (tc, test_help);
     tcase_add_test (tc, test_views);
+    tcase_add_test (tc, test_queue_view);
     tcase_add_test (tc, test_stream_cancel);
     suite_add_tcase (s, tc);
     return s;

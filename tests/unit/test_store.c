@@ -1537,6 +1537,148 @@ START_TEST (test_dead_requeue_thousand)
 END_TEST
 
 
+/* ------------------------------------------------------------ tenants */
+
+//  A job of tenant `user`/`org` (either NULL) on "gpt".
+static uint64_t
+s_submit_tenant (llmq_store_t *store, const char *user, const char *org, uint64_t now)
+{
+    llmq_job_t job = {
+        .model = "gpt",
+        .body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+        .priority = LLMQ_PRIO_NORMAL,
+        .user = user,
+        .org = org,
+    };
+    bool dup = false;
+    ck_assert_int_eq (llmq_store_submit (store, &job, now, &dup), 0);
+    return job.id;
+}
+
+//  Queued jobs of `tenant` per llmq_store_tenants (0 when not listed);
+//  *count gets how many tenants have any.
+static uint64_t
+s_tenant (llmq_store_t *store, const char *tenant, size_t *count)
+{
+    llmq_depth_entry_t top[16];
+    uint64_t rest = 0;
+    size_t n = llmq_store_tenants (store, top, 16, count, &rest), found = 0;
+    ck_assert_uint_eq (rest, 0);
+    uint64_t queued = 0;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_uint_gt (top[i].queued, 0);
+        ck_assert_msg (i == 0 || top[i - 1].queued >= top[i].queued, "not deepest first at %zu", i);
+        if (strcmp (top[i].tenant, tenant) == 0) {
+            queued = top[i].queued;
+            found++;
+        }
+    }
+    ck_assert_uint_le (found, 1);
+    return queued;
+}
+
+//  Queued jobs per tenant follow every way into and out of the queue, are
+//  put back by an aborted turn or savepoint, and are the same after a
+//  reopen (counted from the job records).
+START_TEST (test_depth_per_tenant)
+{
+    llmq_store_opts_t opts = s_opts ();
+    llmq_store_t *store = s_open (&opts, S_T0);
+    uint64_t now = S_T0;
+    size_t count = 0;
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t acme[3], bob[2];
+    for (int i = 0; i < 3; i++) {
+        acme[i] = s_submit_tenant (store, "ann", "acme", ++now);
+    }
+    for (int i = 0; i < 2; i++) {
+        bob[i] = s_submit_tenant (store, "bob", NULL, ++now);
+    }
+    s_submit_tenant (store, NULL, NULL, ++now);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 3);
+    ck_assert_uint_eq (s_tenant (store, "user:bob", &count), 2);
+    ck_assert_uint_eq (s_tenant (store, "-", &count), 1);
+    ck_assert_uint_eq (count, 3);
+
+    //  Leased: out; back after a failure with a backoff (delayed): in.
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t lease = s_lease (store, acme[0], now += S_SEC);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 2);
+    llmq_result_t failure = { .error_class = LLMQ_EC_SERVER, .error = "upstream 503" }, final;
+    ck_assert_int_eq (llmq_store_requeue (store, acme[0], lease, true, now + 60 * S_SEC, &failure, now, &final,
+                                          s_arena), 0);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 3);
+    //  Cancelled while queued: out.
+    int was = 0;
+    uint64_t its_lease = 0;
+    ck_assert_int_eq (llmq_store_cancel (store, bob[0], now, &was, &its_lease, &final, s_arena), 0);
+    ck_assert_uint_eq (s_tenant (store, "user:bob", &count), 1);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  A savepoint rolled back, then the whole turn aborted: as before.
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    s_submit_tenant (store, "zoe", "zed", ++now);
+    ck_assert_int_eq (llmq_store_save (store), 0);
+    s_submit_tenant (store, "zoe", "zed", ++now);
+    s_lease (store, bob[1], now);
+    ck_assert_uint_eq (s_tenant (store, "org:zed", &count), 2);
+    ck_assert_uint_eq (s_tenant (store, "user:bob", &count), 0);
+    llmq_store_rollback (store);
+    ck_assert_uint_eq (s_tenant (store, "org:zed", &count), 1);
+    ck_assert_uint_eq (s_tenant (store, "user:bob", &count), 1);
+    llmq_store_abort (store);
+    ck_assert_uint_eq (s_tenant (store, "org:zed", &count), 0);
+    ck_assert_uint_eq (count, 3);
+
+    //  Dead-lettered: out, and counted dead; requeued: in again.
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    ck_assert_uint_eq (llmq_store_dead_count (store), 0);
+    now = s_kill (store, acme[1], now);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 2);
+    ck_assert_uint_eq (llmq_store_dead_count (store), 1);
+    ck_assert_int_eq (llmq_store_dead_requeue (store, acme[1], now), 0);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 3);
+    ck_assert_uint_eq (llmq_store_dead_count (store), 0);
+    //  A job run to the end: in at submit, out at its lease, nothing more
+    //  when it completes.
+    uint64_t anon = s_submit_tenant (store, NULL, NULL, ++now);
+    ck_assert_uint_eq (s_tenant (store, "-", &count), 2);
+    lease = s_lease (store, anon, ++now);
+    ck_assert_int_eq (s_complete (store, anon, lease, ++now), 0);
+    ck_assert_uint_eq (s_tenant (store, "-", &count), 1);
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+
+    //  The deepest first, the others summed.
+    llmq_depth_entry_t top[1];
+    uint64_t rest = 0;
+    ck_assert_uint_eq (llmq_store_tenants (store, top, 1, &count, &rest), 1);
+    ck_assert_str_eq (top[0].tenant, "org:acme");
+    ck_assert_uint_eq (top[0].queued, 3);
+    ck_assert_uint_eq (count, 3);
+    ck_assert_uint_eq (rest, 2);
+    llmq_store_close (&store);
+
+    //  Reopened: the same, from the job records.
+    store = s_open (&opts, now + S_SEC);
+    ck_assert_uint_eq (s_tenant (store, "org:acme", &count), 3);
+    ck_assert_uint_eq (s_tenant (store, "user:bob", &count), 1);
+    ck_assert_uint_eq (s_tenant (store, "-", &count), 1);
+    ck_assert_uint_eq (count, 3);
+    //  Everything leased: no tenant left.
+    ck_assert_int_eq (llmq_store_begin (store), 0);
+    uint64_t id = 0, vdl = 0;
+    llmq_store_tick (store, now + 61 * S_SEC, 1000, NULL, NULL, s_arena);   //  the delayed one is due
+    for (int i = 0; i < 10 && llmq_store_peek (store, s_route (store, "gpt"), &id, &vdl) == 0; i++) {
+        s_lease (store, id, now + 62 * S_SEC);
+    }
+    ck_assert_int_eq (llmq_store_commit (store), 0);
+    s_tenant (store, "-", &count);
+    ck_assert_uint_eq (count, 0);
+    llmq_store_close (&store);
+}
+END_TEST
+
 static Suite *
 s_store_suite (void)
 {
@@ -1567,6 +1709,7 @@ s_store_suite (void)
     tcase_add_test (lifecycle, test_tick_expires_at_deadline);
     tcase_add_test (lifecycle, test_lease_past_deadline);
     tcase_add_test (lifecycle, test_fetch_a_batch);
+    tcase_add_test (lifecycle, test_depth_per_tenant);
     suite_add_tcase (suite, lifecycle);
 
     TCase *dead = tcase_create ("dead letters");
