@@ -19,6 +19,7 @@
     and answers 403 when none is. Errors are JSON: {"error": "..."}.
 */
 #include "http.h"
+#include "config.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -235,35 +236,19 @@ s_on_request (void *cls, struct MHD_Connection *con, const char *url, const char
     return s_respond (con, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body, len);
 }
 
-/*  "HOST:PORT" into an IPv4 address. */
+/*  "HOST:PORT" into an IPv4 address (config.c checked it at load). */
 static int
 s_parse_address (const char *address, struct sockaddr_in *sa, char *err, size_t errlen)
 {
-    const char *colon = address ? strrchr (address, ':') : NULL;
-    char host[64];
-    size_t hl = colon ? (size_t) (colon - address) : 0;
-    char *end = NULL;
-    long port = colon ? strtol (colon + 1, &end, 10) : -1;
-    if (!colon || hl == 0 || hl >= sizeof host || !end || end == colon + 1 || *end || port < 0 || port > 65535) {
-        snprintf (err, errlen, "[broker] http: expected HOST:PORT such as 127.0.0.1:9090, got '%s'",
-                  address ? address : "");
-        return -1;
-    }
-    memcpy (host, address, hl);
-    host[hl] = '\0';
     memset (sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
-    sa->sin_port = htons ((uint16_t) port);
-    if (strcmp (host, "localhost") == 0) {
-        snprintf (host, sizeof host, "127.0.0.1");
-    }
-    else if (strcmp (host, "*") == 0) {
-        snprintf (host, sizeof host, "0.0.0.0");
-    }
-    if (inet_pton (AF_INET, host, &sa->sin_addr) != 1) {
-        snprintf (err, errlen, "[broker] http: '%s' is not an IPv4 address (or localhost)", host);
+    uint16_t port = 0;
+    const char *expected = llmq_config_http_address (address, &sa->sin_addr, &port);
+    if (expected) {
+        snprintf (err, errlen, "[broker] http: %s, got '%s'", expected, address ? address : "");
         return -1;
     }
+    sa->sin_port = htons (port);
     return 0;
 }
 

@@ -24,6 +24,7 @@
 
 #include <ini.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -81,6 +82,7 @@ typedef enum {
     S_PROVIDER,             /* char *: openai or echo */
     S_TEXT,                 /* char *: printable text, e.g. a model name */
     S_URL,                  /* char *: http:// or https:// */
+    S_HTTPADDR,             /* char *: HOST:PORT for the broker's HTTP side */
     S_ENVNAMES,             /* api_key_env: NAME, NAME... of environment variables */
     S_KEYFILES,             /* api_key_file: PATH, PATH... of key files */
     S_CAFILES,              /* ca_file, ca_path: a path, joined to the config's
@@ -120,7 +122,7 @@ static const s_key_t s_keys[] = {
     { S_BROKER, "retry_backoff_max", S_DURATION, offsetof (llmq_config_t, retry_backoff_max_ms), 0, S_DAY },
     { S_BROKER, "log_level", S_LEVEL, offsetof (llmq_config_t, log_level), 0, 0 },
     { S_BROKER, "log_format", S_LOGFMT, offsetof (llmq_config_t, log_format), 0, 0 },
-    { S_BROKER, "http", S_TEXT, offsetof (llmq_config_t, http), 0, 0 },
+    { S_BROKER, "http", S_HTTPADDR, offsetof (llmq_config_t, http), 0, 0 },
     { S_BROKER, "admin_token_env", S_TEXT, offsetof (llmq_config_t, admin_token_env), 0, 0 },
     { S_PRIORITY, "urgent", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[0]), 0, S_YEAR },
     { S_PRIORITY, "high", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[1]), 0, S_YEAR },
@@ -425,6 +427,42 @@ s_valid_endpoint (const char *text)
         return text[9] != '\0';
     }
     return false;
+}
+
+/*  [broker] http: HOST:PORT, HOST an IPv4 address, localhost or * (any),
+    PORT 0-65535 (0: any free one); config.h. The loader and the broker's
+    HTTP side (broker/http.c) both parse with this, so whatever loads also
+    binds (or fails only for a port in use). */
+const char *
+llmq_config_http_address (const char *text, struct in_addr *addr, uint16_t *port)
+{
+    const char *colon = text ? strrchr (text, ':') : NULL;
+    char host[64];
+    size_t hl = colon ? (size_t) (colon - text) : 0;
+    char *end = NULL;
+    long p = colon ? strtol (colon + 1, &end, 10) : -1;
+    if (!colon || hl == 0 || hl >= sizeof host || !end || end == colon + 1 || *end || p < 0 || p > 65535) {
+        return "expected HOST:PORT such as 127.0.0.1:9090 (PORT 0-65535, 0: any free one)";
+    }
+    memcpy (host, text, hl);
+    host[hl] = '\0';
+    if (strcmp (host, "localhost") == 0) {
+        snprintf (host, sizeof host, "127.0.0.1");
+    }
+    else if (strcmp (host, "*") == 0) {
+        snprintf (host, sizeof host, "0.0.0.0");
+    }
+    struct in_addr a;
+    if (inet_pton (AF_INET, host, &a) != 1) {
+        return "expected HOST:PORT with HOST an IPv4 address, localhost or *";
+    }
+    if (addr) {
+        *addr = a;
+    }
+    if (port) {
+        *port = (uint16_t) p;
+    }
+    return NULL;
 }
 
 static bool
@@ -1184,6 +1222,13 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
                                      "or https://");
             }
             return s_set_string (ctx, slot, value);
+        case S_HTTPADDR: {
+            const char *expected = llmq_config_http_address (value, NULL, NULL);
+            if (expected) {
+                return s_fail_value (ctx, key, value, "%s", expected);
+            }
+            return s_set_string (ctx, slot, value);
+        }
         case S_ENVNAMES:
         case S_KEYFILES:
             return s_set_key_list (ctx, key, base, value);

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 
 #define LLMQ_NPRIO 4
 /*  Most keys (api_key_env plus api_key_file entries) of one deployment. */
@@ -196,6 +197,11 @@ void llmq_config_destroy (llmq_config_t **self_p);
     ca_file: cannot use PATH: WHY" in `err` (may be NULL; cut to errlen). */
 int llmq_config_check_ca (const llmq_config_t *self, const llmq_deployment_t *dep,
                           char *err, size_t errlen);
+
+/*  [broker] http's value, HOST:PORT: HOST an IPv4 address, localhost or
+    * (any address), PORT 0-65535 (0: any free one). Returns NULL and fills
+    *addr and *port (either may be NULL) when good, else what was expected. */
+const char *llmq_config_http_address (const char *text, struct in_addr *addr, uint16_t *port);
 
 /*  A tier by name: the file's [tier NAME], else a built-in one (free,
     basic, pro, enterprise); NULL if neither. */

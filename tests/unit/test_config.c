@@ -363,6 +363,20 @@ static const s_bad_t s_bad[] = {
     { "[broker]\nmax_attempts = 101\n", 2, { "[broker] max_attempts: expected 1 to 100" } },
     { "[broker]\nlog_level = verbose\n", 2,
       { "[broker] log_level: expected error, warn, info or debug", "got 'verbose'" } },
+    { "[broker]\nsync = on\nhttp = 127.0.0.1\n", 3,
+      { "[broker] http: expected HOST:PORT", "got '127.0.0.1'" } },
+    { "[broker]\nhttp = 127.0.0.1:70000\n", 2,
+      { "[broker] http: expected HOST:PORT", "0-65535", "got '127.0.0.1:70000'" } },
+    { "[broker]\n\n# the HTTP side\nhttp = nohost:80\n", 4,
+      { "[broker] http: expected HOST:PORT with HOST an IPv4 address, localhost or *",
+        "got 'nohost:80'" } },
+    { "[broker]\nhttp = :80\n", 2, { "[broker] http: expected HOST:PORT", "got ':80'" } },
+    { "[broker]\nhttp = 127.0.0.1:\n", 2, { "[broker] http: expected HOST:PORT" } },
+    { "[broker]\nhttp = 127.0.0.1:-1\n", 2, { "[broker] http: expected HOST:PORT" } },
+    { "[broker]\nhttp = 127.0.0.1:80x\n", 2, { "[broker] http: expected HOST:PORT" } },
+    { "[broker]\nhttp = 256.0.0.1:80\n", 2, { "[broker] http: expected HOST:PORT with HOST" } },
+    { "[broker]\nhttp = [::1]:80\n", 2, { "[broker] http: expected HOST:PORT with HOST" } },
+    { "[broker]\nhttp =\n", 2, { "[broker] http: no value" } },
     { "[priority]\nhigh = 1m\n", 2,
       { "[priority] high: expected at most normal (30s), got 1m", "urgent <= high" } },
     { "[priority]\nurgent = 10s\nhigh = 5s\n", 3,
@@ -459,6 +473,29 @@ START_TEST (test_errors)
         ck_assert_msg (strstr (err, bad->says[i]),
                        "case %d: expected '%s' in '%s'", _i, bad->says[i], err);
     }
+}
+END_TEST
+
+/*  [broker] http: what the broker binds (broker/http.c) loads; absent is off. */
+START_TEST (test_http_address)
+{
+    static const char *good[] = {
+        "127.0.0.1:9090", "0.0.0.0:9100", "localhost:8080", "*:80", "127.0.0.1:0",
+        "10.1.2.3:65535"
+    };
+    char err[512];
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char text[128];
+        snprintf (text, sizeof text, "[broker]\nhttp = %s\n", good[i]);
+        llmq_config_t *config = llmq_config_load (s_write (text), err, sizeof err);
+        ck_assert_msg (config, "'%s': %s", good[i], err);
+        ck_assert_str_eq (config->http, good[i]);
+        llmq_config_destroy (&config);
+    }
+    llmq_config_t *config = llmq_config_load (s_write ("[broker]\nsync = on\n"), err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    ck_assert_ptr_null (config->http);
+    llmq_config_destroy (&config);
 }
 END_TEST
 
@@ -948,6 +985,7 @@ s_config_suite (void)
     tcase_add_checked_fixture (errors, s_setup, s_teardown);
     tcase_add_test (errors, test_missing_file);
     tcase_add_loop_test (errors, test_errors, 0, (int) (sizeof s_bad / sizeof s_bad[0]));
+    tcase_add_test (errors, test_http_address);
     tcase_add_test (errors, test_secret_never_echoed);
     tcase_add_test (errors, test_long_line);
     tcase_add_test (errors, test_several_keys);
