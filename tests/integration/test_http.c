@@ -729,6 +729,48 @@ START_TEST (test_org_cost_and_limiter_metrics)
 }
 END_TEST
 
+/*  An exposition far past the renderer's first buffer (sized from the
+    last one, 64 KiB at start): 300 deployments, about 1 MB. The first
+    scrape, which must grow the buffer, and the second, sized from the
+    first, are whole and the same. */
+START_TEST (test_large_exposition)
+{
+    enum { NDEP = 300 };
+    size_t cap = (size_t) NDEP * 80 + 64;
+    char *tail = (char *) malloc (cap);
+    ck_assert_ptr_nonnull (tail);
+    size_t n = 0;
+    for (int i = 0; i < NDEP; i++) {
+        n += (size_t) snprintf (tail + n, cap - n, "\n[deployment d%03d]\nprovider = echo\n", i);
+    }
+    int port;
+    harness_t *h = s_start_conf ("", tail, 0, &port);
+    free (tail);
+    long status = 0;
+    char *first = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    ck_assert_uint_gt (strlen (first), 512 * 1024);
+    ck_assert (s_sample (first, "llmq_provider_calls_total{deployment=\"d299\",outcome=\"ok\"}") == 0);
+    ck_assert (s_check_histogram (first, "llmq_time_to_first_chunk_seconds", "deployment=\"d299\"") == 0);
+    /*  The last family is there, whole. */
+    ck_assert (s_check_histogram (first, "llmq_commit_duration_seconds", "") >= 0);
+    char *second = s_http (port, "GET", "/metrics", NULL, &status);
+    ck_assert_int_eq (status, 200);
+    size_t lines[2] = { 0, 0 };
+    for (const char *p = first; *p; p++) {
+        lines[0] += *p == '\n';
+    }
+    for (const char *p = second; *p; p++) {
+        lines[1] += *p == '\n';
+    }
+    ck_assert_uint_eq (lines[0], lines[1]);
+    s_promtool (h, second);
+    free (first);
+    free (second);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -743,6 +785,7 @@ s_suite (void)
     tcase_add_test (tc, test_failover_metric);
     tcase_add_test (tc, test_queue_oldest_age);
     tcase_add_test (tc, test_org_cost_and_limiter_metrics);
+    tcase_add_test (tc, test_large_exposition);
     suite_add_tcase (s, tc);
     return s;
 }
