@@ -1063,6 +1063,7 @@ s_stats_json (llmq_broker_t *self)
         json_object_set_new (wj, "host", json_string (w->host ? w->host : ""));
         json_object_set_new (wj, "pid", json_integer (w->pid));
         json_object_set_new (wj, "credit", json_integer ((json_int_t) w->credit));
+        json_object_set_new (wj, "slots", json_integer ((json_int_t) (w->figures.known ? w->figures.slots : 0)));
         json_object_set_new (wj, "in_flight", json_integer ((json_int_t) w->running));
         json_object_set_new (wj, "dispatched", json_integer ((json_int_t) w->dispatched));
         json_object_set_new (wj, "last_seen_ms", json_integer ((json_int_t) (now_ms - w->last_seen_ms)));

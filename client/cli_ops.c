@@ -138,14 +138,16 @@ static void
 s_print_workers (const json_t *rep)
 {
     const json_t *list = json_object_get (rep, "workers");
-    printf ("%-12s  %-20s  %7s  %5s  %9s  %10s  %13s\n", "ID", "HOST", "PID", "SLOTS", "IN_FLIGHT",
+    printf ("%-12s  %-20s  %7s  %5s  %5s  %9s  %10s  %13s\n", "ID", "HOST", "PID", "SLOTS", "FREE", "IN_FLIGHT",
             "DISPATCHED", "HEARTBEAT_AGO");
     size_t i;
     const json_t *w;
     json_array_foreach (list, i, w) {
-        printf ("%-12.12s  %-20.20s  %7lld  %5lld  %9lld  %10lld  %11lldms\n", s_str (w, "id", "?"),
-                s_str (w, "host", "-"), s_int (w, "pid"), s_int (w, "credit"), s_int (w, "in_flight"),
-                s_int (w, "dispatched"), s_int (w, "last_seen_ms"));
+        char slots[24];
+        snprintf (slots, sizeof slots, "%lld", s_int (w, "slots"));
+        printf ("%-12.12s  %-20.20s  %7lld  %5s  %5lld  %9lld  %10lld  %11lldms\n", s_str (w, "id", "?"),
+                s_str (w, "host", "-"), s_int (w, "pid"), s_int (w, "slots") ? slots : "-", s_int (w, "credit"),
+                s_int (w, "in_flight"), s_int (w, "dispatched"), s_int (w, "last_seen_ms"));
     }
     printf ("%lld worker(s), %lld free slot(s)\n", s_int (rep, "worker_count"), s_int (rep, "free_slots"));
 }
@@ -259,8 +261,9 @@ static const s_verb_t s_verbs[] = {
     { "workers", "workers.list", S_ARG_NONE, false,
       "Usage: llmq admin workers [--json]\n"
       "\n"
-      "Connected workers: id, host, pid, free slots, jobs in flight, jobs\n"
-      "dispatched, and how long ago it was last heard from.\n" S_OPTS_HELP,
+      "Connected workers: id, host, pid, slots (from its heartbeats; - until\n"
+      "the first), free slots (what the broker may still send it), jobs in\n"
+      "flight, jobs dispatched, and how long ago it was last heard from.\n" S_OPTS_HELP,
       s_print_workers },
     { "queue", "queue.show", S_ARG_NONE, false,
       "Usage: llmq admin queue [--json]\n"

@@ -304,7 +304,9 @@ s_json_path (json_t *root, const char *path)
     json_t *node = root;
     for (char *save = NULL, *part = strtok_r (buf, ".", &save); part && node;
          part = strtok_r (NULL, ".", &save)) {
-        node = json_object_get (node, part);
+        /*  An array element by its index: "workers.0.slots". */
+        node = json_is_array (node) ? json_array_get (node, strtoul (part, NULL, 10))
+                                    : json_object_get (node, part);
     }
     return node && json_is_integer (node) ? (long) json_integer_value (node)
          : node && json_is_true (node) ? 1 : node && json_is_false (node) ? 0 : -1;

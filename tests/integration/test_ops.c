@@ -152,10 +152,19 @@ START_TEST (test_views)
     ck_assert (json_is_object (json_object_get (doc, "routes")));   /* a route shows once it had jobs */
     json_decref (doc);
 
+    /*  The worker's own slot count arrives with its first HEARTBEAT. */
+    llmq *c = h_client (h);
+    ck_assert (h_wait_stat (c, "workers.0.slots", 4, T_WAIT));
+    llmq_close (&c);
     doc = s_expect_json (h, (const char *[]) { "admin", "workers", "--json", NULL });
     ck_assert_int_eq (json_array_size (json_object_get (doc, "workers")), 1);
     ck_assert_int_eq (json_integer_value (json_object_get (doc, "worker_count")), 1);
+    ck_assert_int_eq (json_integer_value (json_object_get (json_array_get (json_object_get (doc, "workers"), 0),
+                                                          "slots")), 4);
     json_decref (doc);
+    h_cli_t wr = s_expect (h, 0, (const char *[]) { "admin", "workers", NULL });
+    ck_assert_ptr_nonnull (strstr (wr.out, "SLOTS"));
+    h_cli_free (&wr);
 
     doc = s_expect_json (h, (const char *[]) { "admin", "breakers", "--json", NULL });
     ck_assert_str_eq (json_string_value (json_object_get (json_object_get (json_object_get (doc, "deployments"),
