@@ -22,6 +22,7 @@
 #include "metrics.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 
 #include <jansson.h>
 #include <stdio.h>
@@ -2517,6 +2518,30 @@ s_http_admin (void *arg, json_t *req, int *code, char *why, size_t whylen)
     return llmq_admin_run (&ctx, req, code, why, whylen);
 }
 
+/*  The whole of a PEM file named by [broker] `name` (at most 1 MiB), or
+    NULL with "CONFIG:LINE: [broker] NAME: cannot read PATH: WHY" in err. */
+static char *
+s_read_pem (const llmq_config_t *c, const char *path, int line, const char *name, char *err, size_t errlen)
+{
+    FILE *f = fopen (path, "rb");
+    char *text = f ? (char *) malloc ((1u << 20) + 1) : NULL;
+    size_t n = text ? fread (text, 1, 1u << 20, f) : 0;
+    int e = errno;
+    bool whole = f && text && !ferror (f) && feof (f);
+    if (f) {
+        fclose (f);
+    }
+    if (!whole || n == 0 || !memmem (text, n, "-----BEGIN ", 11)) {
+        snprintf (err, errlen, "%s:%d: [broker] %s: cannot read %s: %s", c->path, line, name, path,
+                  !f ? strerror (e) : !text ? "out of memory" : !whole ? "larger than 1 MiB or unreadable"
+                                                                       : "not PEM (no -----BEGIN line)");
+        free (text);
+        return NULL;
+    }
+    text[n] = '\0';
+    return text;
+}
+
 /*  Start the HTTP side if [broker] http is set. The token is read from
     the environment once, here; the config names only the variable. */
 static int
@@ -2531,12 +2556,24 @@ s_http_start (llmq_broker_t *self, char *err, size_t errlen)
         llmq_warn ("[broker] admin_token_env: %s is not set: the HTTP admin API is disabled",
                    c->admin_token_env);
     }
+    char *cert = NULL, *key = NULL;
+    if (c->http_tls_cert
+    && (!(cert = s_read_pem (c, c->http_tls_cert, c->http_tls_cert_line, "http_tls_cert", err, errlen))
+     || !(key = s_read_pem (c, c->http_tls_key, c->http_tls_key_line, "http_tls_key", err, errlen)))) {
+        free (cert);
+        return -1;
+    }
     llmq_http_handlers_t h = { s_http_ready, s_http_metrics, s_http_admin, self };
-    self->http = llmq_http_new (c->http, token, &h, err, errlen);
+    self->http = llmq_http_new (c->http, token, cert, key, &h, err, errlen);
+    free (cert);
+    if (key) {
+        explicit_bzero (key, strlen (key));
+        free (key);
+    }
     if (!self->http) {
         return -1;
     }
-    llmq_info ("http: listening on port %d", llmq_http_port (self->http));
+    llmq_info ("http: listening on port %d (%s)", llmq_http_port (self->http), c->http_tls_cert ? "https" : "http");
     return 0;
 }
 

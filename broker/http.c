@@ -41,6 +41,8 @@ struct llmq_http {
     struct MHD_Daemon *daemon;
     llmq_http_handlers_t h;
     char *token;                    /* NULL: admin API disabled */
+    char *cert, *key;               /* PEM texts for HTTPS, or NULL */
+    bool tls;
     int port;
 };
 
@@ -253,8 +255,8 @@ s_parse_address (const char *address, struct sockaddr_in *sa, char *err, size_t 
 }
 
 llmq_http_t *
-llmq_http_new (const char *address, const char *token, const llmq_http_handlers_t *handlers,
-               char *err, size_t errlen)
+llmq_http_new (const char *address, const char *token, const char *cert_pem, const char *key_pem,
+               const llmq_http_handlers_t *handlers, char *err, size_t errlen)
 {
     struct sockaddr_in sa;
     if (s_parse_address (address, &sa, err, errlen)) {
@@ -274,20 +276,39 @@ llmq_http_new (const char *address, const char *token, const llmq_http_handlers_
             return NULL;
         }
     }
-    /*  No thread: MHD_USE_EPOLL without MHD_USE_INTERNAL_POLLING_THREAD.
-        Few connections, short timeouts: scrapers and operators, not the
-        public. */
-    self->daemon = MHD_start_daemon (MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-                                     s_on_request, self,
-                                     MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-                                     MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 64,
-                                     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 30,
-                                     MHD_OPTION_END);
-    if (!self->daemon) {
-        snprintf (err, errlen, "[broker] http: cannot listen on %s (address in use?)", address);
+    /*  HTTPS: the PEM texts are kept until the daemon stops. */
+    bool tls = cert_pem && key_pem;
+    if (tls && (!(self->cert = strdup (cert_pem)) || !(self->key = strdup (key_pem)))) {
+        snprintf (err, errlen, "out of memory");
         llmq_http_destroy (&self);
         return NULL;
     }
+    if (tls && MHD_is_feature_supported (MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf (err, errlen, "[broker] http_tls_cert: this libmicrohttpd was built without TLS");
+        llmq_http_destroy (&self);
+        return NULL;
+    }
+    /*  No thread: MHD_USE_EPOLL without MHD_USE_INTERNAL_POLLING_THREAD.
+        Few connections, short timeouts: scrapers and operators, not the
+        public. */
+    struct MHD_OptionItem options[] = {
+        { MHD_OPTION_SOCK_ADDR, 0, &sa },
+        { MHD_OPTION_CONNECTION_LIMIT, 64, NULL },
+        { MHD_OPTION_CONNECTION_TIMEOUT, 30, NULL },
+        { tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, self->cert },
+        { tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, 0, self->key },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    self->daemon = MHD_start_daemon (MHD_USE_EPOLL | MHD_USE_ERROR_LOG | (tls ? MHD_USE_TLS : 0), 0, NULL, NULL,
+                                     s_on_request, self, MHD_OPTION_ARRAY, options, MHD_OPTION_END);
+    if (!self->daemon) {
+        snprintf (err, errlen, tls ? "[broker] http: cannot serve HTTPS on %s (address in use, or "
+                                     "http_tls_cert and http_tls_key not a PEM certificate and its key?)"
+                                   : "[broker] http: cannot listen on %s (address in use?)", address);
+        llmq_http_destroy (&self);
+        return NULL;
+    }
+    self->tls = tls;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_BIND_PORT);
     self->port = info ? info->port : 0;
     return self;
@@ -302,6 +323,11 @@ llmq_http_destroy (llmq_http_t **self_p)
             MHD_stop_daemon (self->daemon);
         }
         free (self->token);
+        free (self->cert);
+        if (self->key) {
+            explicit_bzero (self->key, strlen (self->key));
+            free (self->key);
+        }
         free (self);
         *self_p = NULL;
     }

@@ -35,10 +35,12 @@ typedef struct {
 
 /*  Listen on `address` ("HOST:PORT", HOST an IPv4 address or localhost;
     port 0: one the kernel picks). `token` is the admin bearer token, or
-    NULL/"" for none (then /admin/ answers 403). The handlers are copied.
+    NULL/"" for none (then /admin/ answers 403). With `cert_pem` and
+    `key_pem` (a PEM certificate chain and its private key, the texts) it
+    speaks HTTPS only; NULL: plain HTTP. The handlers are copied.
     Returns NULL with a reason in `err`. */
-llmq_http_t *llmq_http_new (const char *address, const char *token, const llmq_http_handlers_t *handlers,
-                            char *err, size_t errlen);
+llmq_http_t *llmq_http_new (const char *address, const char *token, const char *cert_pem,
+                            const char *key_pem, const llmq_http_handlers_t *handlers, char *err, size_t errlen);
 /*  Close every connection and the listener; *self_p becomes NULL. Safe on
     NULL and twice. */
 void llmq_http_destroy (llmq_http_t **self_p);

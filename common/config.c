@@ -83,6 +83,8 @@ typedef enum {
     S_TEXT,                 /* char *: printable text, e.g. a model name */
     S_URL,                  /* char *: http:// or https:// */
     S_HTTPADDR,             /* char *: HOST:PORT for the broker's HTTP side */
+    S_FILE,                 /* char *: a file, joined to the config's directory
+                               when relative */
     S_ENVNAMES,             /* api_key_env: NAME, NAME... of environment variables */
     S_KEYFILES,             /* api_key_file: PATH, PATH... of key files */
     S_CAFILES,              /* ca_file, ca_path: a path, joined to the config's
@@ -124,6 +126,8 @@ static const s_key_t s_keys[] = {
     { S_BROKER, "log_format", S_LOGFMT, offsetof (llmq_config_t, log_format), 0, 0 },
     { S_BROKER, "http", S_HTTPADDR, offsetof (llmq_config_t, http), 0, 0 },
     { S_BROKER, "admin_token_env", S_TEXT, offsetof (llmq_config_t, admin_token_env), 0, 0 },
+    { S_BROKER, "http_tls_cert", S_FILE, offsetof (llmq_config_t, http_tls_cert), 0, 0 },
+    { S_BROKER, "http_tls_key", S_FILE, offsetof (llmq_config_t, http_tls_key), 0, 0 },
     { S_PRIORITY, "urgent", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[0]), 0, S_YEAR },
     { S_PRIORITY, "high", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[1]), 0, S_YEAR },
     { S_PRIORITY, "normal", S_DURATION, offsetof (llmq_config_t, prio_offset_ms[2]), 0, S_YEAR },
@@ -1216,6 +1220,19 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
                                      "characters", S_TEXT_MAX);
             }
             return s_set_string (ctx, slot, value);
+        case S_FILE: {
+            if (s_has_control (value) || strlen (value) >= S_PATH_MAX) {
+                return s_fail_value (ctx, key, value, "expected a path");
+            }
+            char *path = s_config_relative (ctx, value);
+            if (!path) {
+                return s_fail (ctx, ctx->line, "out of memory");
+            }
+            char **sp = (char **) slot;
+            free (*sp);
+            *sp = path;
+            return 0;
+        }
         case S_URL:
             if (!s_valid_url (value)) {
                 return s_fail_value (ctx, key, value, "expected a URL starting with http:// "
@@ -1410,10 +1427,33 @@ s_check_order (s_ctx_t *ctx, s_section_t section, const char *key_a, const char 
                    s_section_names[section], key_a, key_b, fb, fa, note);
 }
 
+/*  [broker] http_tls_cert and http_tls_key go together, and with http. */
+static int
+s_check_http_tls (s_ctx_t *ctx)
+{
+    llmq_config_t *config = ctx->config;
+    int lc = ctx->fixed[S_BROKER].key[s_key_index (S_BROKER, "http_tls_cert")];
+    int lk = ctx->fixed[S_BROKER].key[s_key_index (S_BROKER, "http_tls_key")];
+    config->http_tls_cert_line = lc;
+    config->http_tls_key_line = lk;
+    if (!config->http_tls_cert != !config->http_tls_key) {
+        return s_fail (ctx, lc ? lc : lk, "[broker] %s: %s is needed too (the server's certificate chain "
+                       "and its private key, both PEM)", lc ? "http_tls_cert" : "http_tls_key",
+                       lc ? "http_tls_key" : "http_tls_cert");
+    }
+    if (config->http_tls_cert && (!config->http || !*config->http)) {
+        return s_fail (ctx, lc, "[broker] http_tls_cert: the HTTP side is off: set http = HOST:PORT too");
+    }
+    return 0;
+}
+
 static int
 s_check (s_ctx_t *ctx)
 {
     llmq_config_t *config = ctx->config;
+    if (s_check_http_tls (ctx)) {
+        return -1;
+    }
     for (size_t i = 0; i < config->ndeployments; i++) {
         llmq_deployment_t *deployment = &config->deployments[i];
         int line = ctx->dep_lines[i].header;
@@ -1625,6 +1665,8 @@ llmq_config_destroy (llmq_config_t **self_p)
     free (self->log_level);
     free (self->log_format);
     free (self->http);
+    free (self->http_tls_cert);
+    free (self->http_tls_key);
     free (self->admin_token_env);
     free (self->worker_broker);
     for (size_t i = 0; i < self->ndeployments; i++) {

@@ -143,6 +143,9 @@ typedef struct {
     char    *http;              /* HTTP side "HOST:PORT" (port 0: any), or NULL: off */
     char    *admin_token_env;   /* environment variable holding the admin bearer
                                    token, or NULL: /admin/ answers 403 */
+    char    *http_tls_cert;     /* PEM certificate chain for HTTPS on the HTTP side, */
+    char    *http_tls_key;      /* and its PEM private key (both or neither; NULL: plain HTTP) */
+    int      http_tls_cert_line, http_tls_key_line;  /* their lines, for errors at start */
     /* [priority] offsets in ms: urgent, high, normal, low (0, 5 s, 30 s, 120 s) */
     uint64_t prio_offset_ms[LLMQ_NPRIO];
     /* [worker] */

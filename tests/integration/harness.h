@@ -137,4 +137,10 @@ void h_cli_free (h_cli_t *r);
     the file is in place. */
 int  h_broker_http_port (const char *ready_file);
 
+/*  Make, under DIR/tls, a CA (ca.pem), a certificate for IP 127.0.0.1
+    signed by it (server.pem, server.key), a directory holding the CA under
+    its hash name (cas/, for ca_path) and an unrelated CA (other-ca.pem),
+    with the openssl command; fails the test if it cannot. */
+void h_make_certs (harness_t *h);
+
 #endif

@@ -11,6 +11,7 @@
 #include <check.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -771,6 +772,104 @@ START_TEST (test_large_exposition)
 }
 END_TEST
 
+/*  GET `path` over HTTPS trusting `ca` (NULL: the system's); returns
+    curl's code, the status in *status. */
+static CURLcode
+s_https (int port, const char *path, const char *ca, const char *token, long *status)
+{
+    CURL *curl = curl_easy_init ();
+    ck_assert_ptr_nonnull (curl);
+    char url[512], auth[256];
+    snprintf (url, sizeof url, "https://127.0.0.1:%d%s", port, path);
+    s_buf_t b = { calloc (1, 1), 0 };
+    struct curl_slist *headers = NULL;
+    if (token) {
+        snprintf (auth, sizeof auth, "Authorization: Bearer %s", token);
+        headers = curl_slist_append (headers, auth);
+    }
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_data);
+    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
+    curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
+    if (ca) {
+        curl_easy_setopt (curl, CURLOPT_CAINFO, ca);
+    }
+    *status = 0;
+    CURLcode rc = curl_easy_perform (curl);
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, status);
+    curl_slist_free_all (headers);
+    curl_easy_cleanup (curl);
+    free (b.data);
+    return rc;
+}
+
+/*  http_tls_cert and http_tls_key: the HTTP side speaks HTTPS only, with
+    the certificate given (checked by a client trusting its CA); the admin
+    token still applies. A key file that cannot be read stops the broker
+    with the config line. */
+START_TEST (test_https)
+{
+    setenv ("LLMQ_TEST_ADMIN_TOKEN", T_TOKEN, 1);
+    harness_t *h = h_new ("http = 127.0.0.1:0\nprobe_interval = 0s\nadmin_token_env = LLMQ_TEST_ADMIN_TOKEN\n"
+                          "http_tls_cert = tls/server.pem\nhttp_tls_key = tls/server.key\n");
+    ck_assert_ptr_nonnull (h);
+    h_make_certs (h);
+    char ready[400], ca[400];
+    snprintf (ready, sizeof ready, "%s/broker.ready", h->dir);
+    snprintf (ca, sizeof ca, "%s/tls/ca.pem", h->dir);
+    const char *args[] = { "--ready-file", ready, NULL };
+    ck_assert_int_eq (h_start_broker (h, args), 0);
+    int port = h_broker_http_port (ready);
+    ck_assert_int_gt (port, 0);
+
+    long status = 0;
+    ck_assert_int_eq (s_https (port, "/healthz", ca, NULL, &status), CURLE_OK);
+    ck_assert_int_eq (status, 200);
+    ck_assert_int_eq (s_https (port, "/metrics", ca, NULL, &status), CURLE_OK);
+    ck_assert_int_eq (status, 200);
+    ck_assert_int_eq (s_https (port, "/admin/queue", ca, NULL, &status), CURLE_OK);
+    ck_assert_int_eq (status, 401);
+    ck_assert_int_eq (s_https (port, "/admin/queue", ca, T_TOKEN, &status), CURLE_OK);
+    ck_assert_int_eq (status, 200);
+    /*  A client that does not trust the CA refuses the certificate. */
+    char other[400];
+    snprintf (other, sizeof other, "%s/tls/other-ca.pem", h->dir);
+    ck_assert_int_eq (s_https (port, "/healthz", other, NULL, &status), CURLE_PEER_FAILED_VERIFICATION);
+    /*  Plain HTTP gets no answer. */
+    CURL *curl = curl_easy_init ();
+    char url[128];
+    snprintf (url, sizeof url, "http://127.0.0.1:%d/healthz", port);
+    curl_easy_setopt (curl, CURLOPT_URL, url);
+    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
+    curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
+    status = 0;
+    CURLcode rc = curl_easy_perform (curl);
+    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup (curl);
+    ck_assert_msg (rc != CURLE_OK || status != 200, "plain HTTP answered %ld", status);
+    h_stop (&h->broker, SIGTERM);
+
+    /*  The key file gone: the broker does not start, and says which line. */
+    char key[400], cmd[1400], log[400];
+    snprintf (key, sizeof key, "%s/tls/server.key", h->dir);
+    ck_assert_int_eq (unlink (key), 0);
+    snprintf (log, sizeof log, "%s/broker-nokey.log", h->dir);
+    snprintf (cmd, sizeof cmd, "'%s/broker/llmq-broker' -c '%s' > '%s' 2>&1", LLMQ_BIN_DIR, h->conf, log);
+    ck_assert_int_ne (system (cmd), 0);
+    char *text = h_slurp (log);
+    ck_assert_ptr_nonnull (text);
+    ck_assert_msg (strstr (text, "[broker] http_tls_key: cannot read") && strstr (text, "server.key"),
+                   "broker said: %s", text);
+    char at[400];
+    snprintf (at, sizeof at, "%s:", h->conf);
+    ck_assert_msg (strstr (text, at), "no config file and line in: %s", text);
+    free (text);
+    h_destroy (&h);
+}
+END_TEST
+
 static Suite *
 s_suite (void)
 {
@@ -786,6 +885,7 @@ s_suite (void)
     tcase_add_test (tc, test_queue_oldest_age);
     tcase_add_test (tc, test_org_cost_and_limiter_metrics);
     tcase_add_test (tc, test_large_exposition);
+    tcase_add_test (tc, test_https);
     suite_add_tcase (s, tc);
     return s;
 }

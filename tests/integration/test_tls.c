@@ -24,44 +24,6 @@
 #define T_WAIT   20000          /* ms: generous, these are not timing tests */
 #define T_SLOTS  4
 
-/*  Make, under DIR/tls, a CA (ca.pem), a certificate for IP 127.0.0.1
-    signed by it (server.pem, server.key), a directory holding the CA under
-    its hash name (cas/, for ca_path) and an unrelated CA (other-ca.pem).
-    EC P-256 keys: quick to make. openssl's output goes to tls/openssl.log. */
-static void
-s_make_certs (harness_t *h)
-{
-    char path[400];
-    snprintf (path, sizeof path, "%s/tls/server.ext", h->dir);
-    char cmd[2400];
-    snprintf (cmd, sizeof cmd, "mkdir -p '%s/tls/cas'", h->dir);
-    ck_assert_int_eq (system (cmd), 0);
-    FILE *f = fopen (path, "w");
-    ck_assert_ptr_nonnull (f);
-    fputs ("basicConstraints = critical, CA:FALSE\n"
-           "keyUsage = critical, digitalSignature\n"
-           "extendedKeyUsage = serverAuth\n"
-           "subjectAltName = IP:127.0.0.1\n", f);
-    ck_assert_int_eq (fclose (f), 0);
-    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    const char *ca_ext = "-addext 'basicConstraints=critical,CA:TRUE' "
-                         "-addext 'keyUsage=critical,keyCertSign,cRLSign'";
-    snprintf (cmd, sizeof cmd,
-              "cd '%s/tls' && {"
-              " openssl req -x509 %s -keyout ca.key -out ca.pem -days 2"
-              "   -subj '/CN=llmq test CA' %s"
-              " && openssl req -x509 %s -keyout other-ca.key -out other-ca.pem -days 2"
-              "   -subj '/CN=llmq other CA' %s"
-              " && openssl req %s -keyout server.key -out server.csr -subj '/CN=127.0.0.1'"
-              " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial"
-              "   -days 2 -extfile server.ext -out server.pem"
-              " && cp ca.pem cas/ && openssl rehash cas; } >openssl.log 2>&1",
-              h->dir, ec, ca_ext, ec, ca_ext, ec);
-    int rc = system (cmd);
-    ck_assert_msg (rc == 0, "openssl failed (%d): is the openssl package installed? "
-                   "(deploy/install-deps.sh) See %s/tls/openssl.log", rc, h->dir);
-}
-
 /*  Replace the harness's configuration: deployment "tls" on the mock over
     https with `tls_keys` (ca_file, ca_path, tls_verify lines), group
     "gpt" on it, then `more` sections (where "{PORT}" may stand once for
@@ -111,7 +73,7 @@ s_start_with (const char *tls_keys, const char *more, int slots)
     setenv ("NO_PROXY", "127.0.0.1,localhost", 1);
     harness_t *h = h_new (NULL);
     ck_assert_ptr_nonnull (h);
-    s_make_certs (h);
+    h_make_certs (h);
     s_configure (h, tls_keys, more);
     char cert[400], key[400];
     snprintf (cert, sizeof cert, "%s/tls/server.pem", h->dir);

@@ -377,6 +377,12 @@ static const s_bad_t s_bad[] = {
     { "[broker]\nhttp = 256.0.0.1:80\n", 2, { "[broker] http: expected HOST:PORT with HOST" } },
     { "[broker]\nhttp = [::1]:80\n", 2, { "[broker] http: expected HOST:PORT with HOST" } },
     { "[broker]\nhttp =\n", 2, { "[broker] http: no value" } },
+    { "[broker]\nhttp = 127.0.0.1:0\nhttp_tls_cert = c.pem\n", 3,
+      { "[broker] http_tls_cert: http_tls_key is needed too" } },
+    { "[broker]\nhttp = 127.0.0.1:0\n\nhttp_tls_key = k.pem\n", 4,
+      { "[broker] http_tls_key: http_tls_cert is needed too" } },
+    { "[broker]\nhttp_tls_cert = c.pem\nhttp_tls_key = k.pem\n", 2,
+      { "[broker] http_tls_cert: the HTTP side is off" } },
     { "[priority]\nhigh = 1m\n", 2,
       { "[priority] high: expected at most normal (30s), got 1m", "urgent <= high" } },
     { "[priority]\nurgent = 10s\nhigh = 5s\n", 3,
@@ -495,6 +501,20 @@ START_TEST (test_http_address)
     llmq_config_t *config = llmq_config_load (s_write ("[broker]\nsync = on\n"), err, sizeof err);
     ck_assert_msg (config, "%s", err);
     ck_assert_ptr_null (config->http);
+    ck_assert_ptr_null (config->http_tls_cert);
+    llmq_config_destroy (&config);
+    //  HTTPS: both files, relative to the config's directory, lines kept.
+    const char *path = s_write ("[broker]\nhttp = 127.0.0.1:0\nhttp_tls_cert = tls/cert.pem\n"
+                                "http_tls_key = /etc/llmq/key.pem\n");
+    config = llmq_config_load (path, err, sizeof err);
+    ck_assert_msg (config, "%s", err);
+    char want[600];
+    const char *slash = strrchr (path, '/');
+    snprintf (want, sizeof want, "%.*s/tls/cert.pem", (int) (slash - path), path);
+    ck_assert_str_eq (config->http_tls_cert, want);
+    ck_assert_str_eq (config->http_tls_key, "/etc/llmq/key.pem");
+    ck_assert_int_eq (config->http_tls_cert_line, 3);
+    ck_assert_int_eq (config->http_tls_key_line, 4);
     llmq_config_destroy (&config);
 }
 END_TEST
