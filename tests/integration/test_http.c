@@ -43,13 +43,17 @@ s_on_data (char *ptr, size_t size, size_t n, void *arg)
 
 /*  One request to 127.0.0.1:port; returns the body (caller frees) and the
     status in *status. `token` NULL: no Authorization header. */
-static char *
-s_http (int port, const char *method, const char *path, const char *token, long *status)
+/*  One request to the broker's HTTP side; `ca` NULL: plain http, else
+    https trusting that CA file. Returns curl's code; the body (to free)
+    in *body, the status in *status. */
+static CURLcode
+s_request (int port, const char *ca, const char *method, const char *path, const char *token, long *status,
+           char **body)
 {
     CURL *curl = curl_easy_init ();
     ck_assert_ptr_nonnull (curl);
     char url[512], auth[256];
-    snprintf (url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    snprintf (url, sizeof url, "%s://127.0.0.1:%d%s", ca ? "https" : "http", port, path);
     s_buf_t b = { calloc (1, 1), 0 };
     struct curl_slist *headers = NULL;
     if (token) {
@@ -66,12 +70,27 @@ s_http (int port, const char *method, const char *path, const char *token, long 
     curl_easy_setopt (curl, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
     curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
+    if (ca) {
+        curl_easy_setopt (curl, CURLOPT_CAINFO, ca);
+    }
+    *status = 0;
     CURLcode rc = curl_easy_perform (curl);
-    ck_assert_msg (rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror (rc));
     curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, status);
     curl_slist_free_all (headers);
     curl_easy_cleanup (curl);
-    return b.data;
+    *body = b.data;
+    return rc;
+}
+
+/*  Plain HTTP `method` `path`, which must get an answer; returns its body
+    (to free). */
+static char *
+s_http (int port, const char *method, const char *path, const char *token, long *status)
+{
+    char *body = NULL;
+    CURLcode rc = s_request (port, NULL, method, path, token, status, &body);
+    ck_assert_msg (rc == CURLE_OK, "%s %s: %s", method, path, curl_easy_strerror (rc));
+    return body;
 }
 
 /*  A harness whose broker has [broker] http on an ephemeral port; returns
@@ -772,36 +791,13 @@ START_TEST (test_large_exposition)
 }
 END_TEST
 
-/*  GET `path` over HTTPS trusting `ca` (NULL: the system's); returns
-    curl's code, the status in *status. */
+/*  GET `path` over HTTPS trusting `ca`; returns curl's code. */
 static CURLcode
 s_https (int port, const char *path, const char *ca, const char *token, long *status)
 {
-    CURL *curl = curl_easy_init ();
-    ck_assert_ptr_nonnull (curl);
-    char url[512], auth[256];
-    snprintf (url, sizeof url, "https://127.0.0.1:%d%s", port, path);
-    s_buf_t b = { calloc (1, 1), 0 };
-    struct curl_slist *headers = NULL;
-    if (token) {
-        snprintf (auth, sizeof auth, "Authorization: Bearer %s", token);
-        headers = curl_slist_append (headers, auth);
-    }
-    curl_easy_setopt (curl, CURLOPT_URL, url);
-    curl_easy_setopt (curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt (curl, CURLOPT_WRITEFUNCTION, s_on_data);
-    curl_easy_setopt (curl, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
-    curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
-    if (ca) {
-        curl_easy_setopt (curl, CURLOPT_CAINFO, ca);
-    }
-    *status = 0;
-    CURLcode rc = curl_easy_perform (curl);
-    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, status);
-    curl_slist_free_all (headers);
-    curl_easy_cleanup (curl);
-    free (b.data);
+    char *body = NULL;
+    CURLcode rc = s_request (port, ca, "GET", path, token, status, &body);
+    free (body);
     return rc;
 }
 
@@ -838,16 +834,9 @@ START_TEST (test_https)
     snprintf (other, sizeof other, "%s/tls/other-ca.pem", h->dir);
     ck_assert_int_eq (s_https (port, "/healthz", other, NULL, &status), CURLE_PEER_FAILED_VERIFICATION);
     /*  Plain HTTP gets no answer. */
-    CURL *curl = curl_easy_init ();
-    char url[128];
-    snprintf (url, sizeof url, "http://127.0.0.1:%d/healthz", port);
-    curl_easy_setopt (curl, CURLOPT_URL, url);
-    curl_easy_setopt (curl, CURLOPT_TIMEOUT_MS, (long) T_WAIT);
-    curl_easy_setopt (curl, CURLOPT_NOPROXY, "*");
-    status = 0;
-    CURLcode rc = curl_easy_perform (curl);
-    curl_easy_getinfo (curl, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup (curl);
+    char *body = NULL;
+    CURLcode rc = s_request (port, NULL, "GET", "/healthz", NULL, &status, &body);
+    free (body);
     ck_assert_msg (rc != CURLE_OK || status != 200, "plain HTTP answered %ld", status);
     h_stop (&h->broker, SIGTERM);
 
