@@ -602,6 +602,24 @@ s_severity (int state)
     return state == LLMQ_BREAKER_OPEN ? 2 : state == LLMQ_BREAKER_HALF_OPEN ? 1 : 0;
 }
 
+/*  One gauge per deployment slot: field `k` of s_dep_gauges_t (0 breaker,
+    1 in flight, 2 window requests, 3 window tokens). */
+static void
+s_dep_gauge (llmq_metrics_t *self, s_out_t *o, const char *name, const char *help, const s_dep_gauges_t *g,
+             int k)
+{
+    char esc[512], labels[600];
+    s_head (o->f, name, "gauge", help);
+    for (size_t s = 0; s < self->nslots; s++) {
+        snprintf (labels, sizeof labels, "deployment=\"%s\"",
+                  llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc));
+        uint64_t v = k == 0 ? (uint64_t) g[s].breaker : k == 1 ? g[s].in_flight
+                   : k == 2 ? g[s].window_requests : g[s].window_tokens;
+        s_sample (o, name, labels, v);
+    }
+    s_flush (o);
+}
+
 static void
 s_render_deployments (llmq_metrics_t *self, FILE *f, const llmq_metrics_src_t *src)
 {
@@ -648,40 +666,23 @@ s_render_deployments (llmq_metrics_t *self, FILE *f, const llmq_metrics_src_t *s
         s_hist (f, "llmq_time_to_first_chunk_seconds", "deployment", s_slot_name (self, s), s_latency_bounds,
                 &self->ttfc[s]);
     }
-    /*  One gauge per deployment: name, help, and the value of slot s. */
-    static const struct {
-        const char *name, *help;
-    } gauges[] = {
-        { "llmq_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open." },
-        { "llmq_deployment_in_flight", "Provider calls granted and not yet reported, by deployment." },
-        { "llmq_rate_window_requests", "Requests granted in the current rate window, by deployment." },
-        { "llmq_rate_window_tokens", "Tokens counted in the current rate window, by deployment." },
-    };
-    for (size_t k = 0; k < sizeof gauges / sizeof gauges[0]; k++) {
-        s_head (f, gauges[k].name, "gauge", gauges[k].help);
-        for (size_t s = 0; s < ns; s++) {
-            snprintf (labels, sizeof labels, "deployment=\"%s\"",
-                      llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc));
-            uint64_t v = k == 0 ? (uint64_t) g[s].breaker : k == 1 ? g[s].in_flight
-                       : k == 2 ? g[s].window_requests : g[s].window_tokens;
-            s_sample (&o, gauges[k].name, labels, v);
-        }
-        s_flush (&o);
-        if (k == 0) {
-            /*  Transitions come right after the state, as before. */
-            s_head (f, "llmq_breaker_transitions_total", "counter",
-                    "Circuit breaker state changes, by deployment and new state.");
-            for (size_t s = 0; s < ns; s++) {
-                llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc);
-                for (int to = 0; to < S_NSTATE; to++) {
-                    snprintf (labels, sizeof labels, "deployment=\"%s\",to=\"%s\"", esc,
-                              llmq_breaker_state_name (to));
-                    s_sample (&o, "llmq_breaker_transitions_total", labels, self->transitions[s][to]);
-                }
-            }
-            s_flush (&o);
+    s_dep_gauge (self, &o, "llmq_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open.", g, 0);
+    s_head (f, "llmq_breaker_transitions_total", "counter",
+            "Circuit breaker state changes, by deployment and new state.");
+    for (size_t s = 0; s < ns; s++) {
+        llmq_metrics_escape (s_slot_name (self, s), esc, sizeof esc);
+        for (int to = 0; to < S_NSTATE; to++) {
+            snprintf (labels, sizeof labels, "deployment=\"%s\",to=\"%s\"", esc, llmq_breaker_state_name (to));
+            s_sample (&o, "llmq_breaker_transitions_total", labels, self->transitions[s][to]);
         }
     }
+    s_flush (&o);
+    s_dep_gauge (self, &o, "llmq_deployment_in_flight", "Provider calls granted and not yet reported, by deployment.",
+                 g, 1);
+    s_dep_gauge (self, &o, "llmq_rate_window_requests", "Requests granted in the current rate window, by deployment.",
+                 g, 2);
+    s_dep_gauge (self, &o, "llmq_rate_window_tokens", "Tokens counted in the current rate window, by deployment.",
+                 g, 3);
     free (g);
 }
 
