@@ -678,8 +678,7 @@ s_fair_place (llmq_broker_t *self, llmq_msg_t *m, uint64_t now)
     for (size_t i = 0; i < m->njobs; i++) {
         llmq_job_t *job = &m->jobs[i];
         job->vdeadline_us = 0;
-        bool org = job->org && *job->org, user = job->user && *job->user;
-        if (!self->fair || (!org && !user)) {
+        if (!self->fair || !((job->org && *job->org) || (job->user && *job->user))) {
             continue;
         }
         uint32_t route;
@@ -697,7 +696,7 @@ s_fair_place (llmq_broker_t *self, llmq_msg_t *m, uint64_t now)
             }
         }
         char tenant[300];
-        snprintf (tenant, sizeof tenant, "%s:%s", org ? "org" : "user", org ? job->org : job->user);
+        llmq_depth_tenant (tenant, sizeof tenant, job->user, job->org);
         uint64_t tag = llmq_fair_tag (self->fair, route, prio, tenant, s_tenant_weight (self->config, job),
                                       now, idle);
         job->vdeadline_us = tag + self->config->prio_offset_ms[prio] * 1000;

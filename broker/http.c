@@ -42,7 +42,6 @@ struct llmq_http {
     llmq_http_handlers_t h;
     char *token;                    /* NULL: admin API disabled */
     char *cert, *key;               /* PEM texts for HTTPS, or NULL */
-    bool tls;
     int port;
 };
 
@@ -308,7 +307,6 @@ llmq_http_new (const char *address, const char *token, const char *cert_pem, con
         llmq_http_destroy (&self);
         return NULL;
     }
-    self->tls = tls;
     const union MHD_DaemonInfo *info = MHD_get_daemon_info (self->daemon, MHD_DAEMON_INFO_BIND_PORT);
     self->port = info ? info->port : 0;
     return self;

@@ -1097,22 +1097,31 @@ s_set_key_list (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const 
 /*  ca_file = PATH or ca_path = DIR. Only the syntax is checked here: the
     broker reads this file too and never opens them (see
     llmq_config_check_ca). */
+/*  A path into *slot, joined to the config's directory when relative. */
 static int
-s_set_ca (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+s_set_path (s_ctx_t *ctx, const s_key_t *key, char **slot, const char *value)
 {
     if (s_has_control (value) || strlen (value) >= S_PATH_MAX) {
         return s_fail_value (ctx, key, value, "expected a path");
     }
-    bool file = strcmp (key->key, "ca_file") == 0;
     char *path = s_config_relative (ctx, value);
     if (!path) {
         return s_fail (ctx, ctx->line, "out of memory");
     }
-    char **slot = file ? &dep->ca_file : &dep->ca_path;
     free (*slot);
     *slot = path;
-    *(file ? &dep->ca_file_line : &dep->ca_path_line) = ctx->line;
     return 0;
+}
+
+static int
+s_set_ca (s_ctx_t *ctx, const s_key_t *key, llmq_deployment_t *dep, const char *value)
+{
+    bool file = strcmp (key->key, "ca_file") == 0;
+    int rc = s_set_path (ctx, key, file ? &dep->ca_file : &dep->ca_path, value);
+    if (rc == 0) {
+        *(file ? &dep->ca_file_line : &dep->ca_path_line) = ctx->line;
+    }
+    return rc;
 }
 
 static int
@@ -1220,19 +1229,8 @@ s_set (s_ctx_t *ctx, const s_key_t *key, void *base, const char *value)
                                      "characters", S_TEXT_MAX);
             }
             return s_set_string (ctx, slot, value);
-        case S_FILE: {
-            if (s_has_control (value) || strlen (value) >= S_PATH_MAX) {
-                return s_fail_value (ctx, key, value, "expected a path");
-            }
-            char *path = s_config_relative (ctx, value);
-            if (!path) {
-                return s_fail (ctx, ctx->line, "out of memory");
-            }
-            char **sp = (char **) slot;
-            free (*sp);
-            *sp = path;
-            return 0;
-        }
+        case S_FILE:
+            return s_set_path (ctx, key, (char **) slot, value);
         case S_URL:
             if (!s_valid_url (value)) {
                 return s_fail_value (ctx, key, value, "expected a URL starting with http:// "
